@@ -1,0 +1,41 @@
+"""funcnn: a JIT-compiled functional CNN library on JAX with hand-written backward
+rules for convolution and pooling."""
+
+from funcnn import data as data
+from funcnn import ops as ops
+from funcnn.checkpoint import CheckpointManager as CheckpointManager
+from funcnn.checkpoint import load_checkpoint as load_checkpoint
+from funcnn.checkpoint import save_checkpoint as save_checkpoint
+from funcnn.combinators import Add as Add
+from funcnn.combinators import Concat as Concat
+from funcnn.combinators import FanOut as FanOut
+from funcnn.combinators import Identity as Identity
+from funcnn.combinators import Split as Split
+from funcnn.combinators import branches as branches
+from funcnn.combinators import parallel as parallel
+from funcnn.combinators import residual as residual
+from funcnn.combinators import serial as serial
+from funcnn.layers import AvgPool2D as AvgPool2D
+from funcnn.layers import BatchNorm as BatchNorm
+from funcnn.layers import Conv2D as Conv2D
+from funcnn.layers import Dense as Dense
+from funcnn.layers import Dropout as Dropout
+from funcnn.layers import Flatten as Flatten
+from funcnn.layers import GlobalAvgPool2D as GlobalAvgPool2D
+from funcnn.layers import Layer as Layer
+from funcnn.layers import LeakyRelu as LeakyRelu
+from funcnn.layers import MaxPool2D as MaxPool2D
+from funcnn.layers import Relu as Relu
+from funcnn.layers import Sigmoid as Sigmoid
+from funcnn.layers import Softmax as Softmax
+from funcnn.layers import Tanh as Tanh
+from funcnn.losses import accuracy as accuracy
+from funcnn.losses import mse as mse
+from funcnn.losses import softmax_cross_entropy as softmax_cross_entropy
+from funcnn.models import lenet as lenet
+from funcnn.models import vgg_small as vgg_small
+from funcnn.ops import avg_pool2d as avg_pool2d
+from funcnn.ops import conv2d as conv2d
+from funcnn.ops import max_pool2d as max_pool2d
+
+__version__ = "0.1.0"

@@ -1,0 +1,38 @@
+"""Data sets as float32 NCHW arrays, normalisation, and reproducible batching.
+
+`load_dataset(name, data_dir, seed)` is the entry point; the loaders behind it
+are public too. Nothing here downloads: digits ships with scikit-learn, and the
+other loaders read files the user already has.
+"""
+
+from funcnn.data.batching import Normalizer as Normalizer
+from funcnn.data.batching import batches as batches
+from funcnn.data.batching import fit_normalizer as fit_normalizer
+from funcnn.data.batching import normalize as normalize
+from funcnn.data.batching import num_batches as num_batches
+from funcnn.data.digits import Dataset as Dataset
+from funcnn.data.digits import load_digits as load_digits
+from funcnn.data.digits import stratified_split as stratified_split
+from funcnn.data.files import DATASET_NAMES as DATASET_NAMES
+from funcnn.data.files import load_cifar10 as load_cifar10
+from funcnn.data.files import load_dataset as load_dataset
+from funcnn.data.files import load_mnist as load_mnist
+from funcnn.data.files import load_npz as load_npz
+from funcnn.data.files import read_idx as read_idx
+
+__all__ = [
+    "DATASET_NAMES",
+    "Dataset",
+    "Normalizer",
+    "batches",
+    "fit_normalizer",
+    "load_cifar10",
+    "load_dataset",
+    "load_digits",
+    "load_mnist",
+    "load_npz",
+    "normalize",
+    "num_batches",
+    "read_idx",
+    "stratified_split",
+]

@@ -1,0 +1,225 @@
+"""2-D convolution with a hand-written backward rule, next to its plain-lax reference.
+
+The backward rule is the one from the CNN texts:
+- the input delta is the output delta, dilated by the stride, correlated with the
+  filters rotated by 180 degrees (a "full" convolution);
+- the weight gradient is the input correlated with the output deltas;
+- the bias gradient is the sum of the output deltas over batch and space.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from funcnn.ops import _args
+
+_NCHW = ("NCHW", "OIHW", "NCHW")
+# Weight gradient as a convolution whose "batch" is the input channel and whose
+# contracted feature is the example index: arrays stay NCHW, no transposes.
+_DW_DIMS = lax.ConvDimensionNumbers(
+    lhs_spec=(1, 0, 2, 3), rhs_spec=(1, 0, 2, 3), out_spec=(1, 0, 2, 3)
+)
+
+
+class ConvConfig(NamedTuple):
+    """Static (hashable) configuration of one conv2d call."""
+
+    stride: _args.Pair
+    pads: _args.Pads
+    dilation: _args.Pair
+    groups: int
+    has_bias: bool
+
+
+def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="custom"):
+    """2-D cross-correlation (PyTorch's and the CNN texts' "convolution").
+
+    Args:
+      x: input of shape `(N, C_in, H, W)`.
+      w: filters of shape `(C_out, C_in // groups, KH, KW)`.
+      b: bias of shape `(C_out,)`, or None.
+      stride: int or pair `(SH, SW)`.
+      padding: int, pair `(PH, PW)`, pair of pairs `((top, bottom), (left, right))`,
+        or "SAME" (XLA's rule: output ceil(in / S), any odd extra at the end) or
+        "VALID". Zero padding.
+      dilation: int or pair `(DH, DW)`: spacing between filter taps.
+      groups: number of channel groups; must divide C_in and C_out.
+      grad: "custom" for the hand-written backward rule, "autodiff" for jax.grad of
+        the plain-lax forward. Both give identical forward values.
+
+    Returns:
+      Output of shape `(N, C_out, OH, OW)` with
+      `OH = floor((H + top + bottom - DH*(KH-1) - 1) / SH) + 1`, likewise OW.
+
+    Raises:
+      ValueError, TypeError: on bad shapes, dtypes or arguments, before tracing.
+    """
+    op = "conv2d"
+    _args.check_grad_mode(op, grad)
+    xs = _args.check_rank4(op, "x", x, "(N, C_in, H, W)")
+    ws = _args.check_rank4(op, "w", w, "(C_out, C_in // groups, KH, KW)")
+    _args.check_float(op, "x", x)
+    if w.dtype != x.dtype:
+        raise TypeError(
+            f"{op}: expected w with the dtype of x ({x.dtype}), got {w.dtype}. "
+            f"Cast one of them, e.g. w.astype({x.dtype})."
+        )
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: expected groups to be a positive int, got {groups!r}.")
+    if xs[1] % groups or ws[0] % groups:
+        raise ValueError(
+            f"{op}: expected groups (={groups}) to divide both C_in (={xs[1]}) and "
+            f"C_out (={ws[0]})."
+        )
+    if ws[1] * groups != xs[1]:
+        raise ValueError(
+            f"{op}: expected w.shape[1] == C_in // groups = {xs[1]} // {groups} = "
+            f"{xs[1] // groups}, got w of shape {ws} for x of shape {xs}. The input "
+            "channels of x and w do not match."
+        )
+    if b is not None:
+        if tuple(getattr(b, "shape", ())) != (ws[0],):
+            raise ValueError(
+                f"{op}: expected b of shape (C_out,) = ({ws[0]},), "
+                f"got {getattr(b, 'shape', type(b).__name__)}."
+            )
+        if b.dtype != x.dtype:
+            raise TypeError(
+                f"{op}: expected b with the dtype of x ({x.dtype}), got {b.dtype}."
+            )
+    stride_ = _args.pair(op, "stride", stride)
+    dilation_ = _args.pair(op, "dilation", dilation)
+    eff = _args.effective_window((ws[2], ws[3]), dilation_)
+    pads = _args.padding(op, padding, (xs[2], xs[3]), eff, stride_)
+    for i, axis in enumerate("HW"):
+        _args.out_size(op, xs[2 + i], pads[i], eff[i], stride_[i], axis=axis)
+    cfg = ConvConfig(stride_, pads, dilation_, groups, b is not None)
+    if grad == "custom":
+        return _conv2d_custom(x, w, b, cfg)
+    return conv2d_reference(x, w, b, cfg)
+
+
+def conv2d_reference(x, w, b, cfg: ConvConfig):
+    """Plain-lax forward: the autodiff path and the oracle for the custom rule.
+
+    Shapes as in `conv2d`; `cfg` holds normalised arguments.
+    """
+    y = lax.conv_general_dilated(
+        x,
+        w,
+        window_strides=cfg.stride,
+        padding=cfg.pads,
+        rhs_dilation=cfg.dilation,
+        dimension_numbers=_NCHW,
+        feature_group_count=cfg.groups,
+    )
+    if cfg.has_bias:
+        y = y + b[None, :, None, None]
+    return y
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv2d_custom(x, w, b, cfg):
+    return conv2d_reference(x, w, b, cfg)
+
+
+def _conv2d_fwd(x, w, b, cfg):
+    # The input is needed for dW and the filters for dX; nothing else is saved.
+    # The bias only contributes its presence (static in cfg).
+    return conv2d_reference(x, w, b, cfg), (x, w)
+
+
+def _conv2d_bwd(cfg, res, g):
+    """g: output deltas of shape `(N, C_out, OH, OW)`."""
+    x, w = res
+    dx = conv2d_input_grad(g, w, cfg, x.shape)
+    dw = conv2d_weight_grad(x, g, cfg, w.shape)
+    db = jnp.sum(g, axis=(0, 2, 3)) if cfg.has_bias else None
+    return dx, dw, db
+
+
+def _remainders(in_hw, out_hw, cfg: ConvConfig, eff):
+    """Rows/cols of padded input past the last window, per axis (always < stride)."""
+    return tuple(
+        in_hw[i] + sum(cfg.pads[i]) - eff[i] - (out_hw[i] - 1) * cfg.stride[i]
+        for i in range(2)
+    )
+
+
+def conv2d_input_grad(g, w, cfg: ConvConfig, x_shape):
+    """dX: the stride-dilated deltas `g` `(N, C_out, OH, OW)` fully correlated with
+    the 180-degree-rotated filters `w` `(C_out, C_in // G, KH, KW)`.
+
+    Returns dX of shape `x_shape` = `(N, C_in, H, W)`.
+    """
+    G = cfg.groups
+    c_out, c_in_g, kh, kw = w.shape
+    eff = _args.effective_window((kh, kw), cfg.dilation)
+    rem = _remainders(x_shape[2:], g.shape[2:], cfg, eff)
+    # Swap in/out channels within each group and rotate by 180 degrees.
+    wt = w.reshape(G, c_out // G, c_in_g, kh, kw).transpose(0, 2, 1, 3, 4)
+    wt = wt.reshape(G * c_in_g, c_out // G, kh, kw)[:, :, ::-1, ::-1]
+    pads = tuple(
+        (eff[i] - 1 - cfg.pads[i][0], eff[i] - 1 - cfg.pads[i][1] + rem[i])
+        for i in range(2)
+    )
+    lhs_dilation = cfg.stride
+    tiny = g.shape[2] * g.shape[3] < kh * kw and cfg.stride != (1, 1)
+    if tiny or min(min(p) for p in pads) < 0:
+        # Dilate and pad g explicitly when padding is wider than the filter
+        # (negative conv padding) or when the deltas are smaller than the filter:
+        # XLA:CPU then swaps the conv operands and aborts on the base dilation
+        # (the case where jax.grad of lax.conv_general_dilated crashes).
+        g = lax.pad(
+            g,
+            jnp.zeros((), g.dtype),
+            ((0, 0, 0), (0, 0, 0))
+            + tuple((p[0], p[1], s - 1) for p, s in zip(pads, cfg.stride)),
+        )
+        pads, lhs_dilation = ((0, 0), (0, 0)), (1, 1)
+    return lax.conv_general_dilated(
+        g,
+        wt,
+        window_strides=(1, 1),
+        padding=pads,
+        lhs_dilation=lhs_dilation,
+        rhs_dilation=cfg.dilation,
+        dimension_numbers=_NCHW,
+        feature_group_count=G,
+    )
+
+
+def conv2d_weight_grad(x, g, cfg: ConvConfig, w_shape):
+    """dW: the input `x` `(N, C_in, H, W)` correlated with the deltas `g`
+    `(N, C_out, OH, OW)`; the deltas act as a filter dilated by the stride.
+
+    Returns dW of shape `w_shape` = `(C_out, C_in // G, KH, KW)`.
+    """
+    eff = _args.effective_window(w_shape[2:], cfg.dilation)
+    rem = _remainders(x.shape[2:], g.shape[2:], cfg, eff)
+    # Drop the rows/cols that no window reached, so the result is exactly KH x KW.
+    pads = tuple((cfg.pads[i][0], cfg.pads[i][1] - rem[i]) for i in range(2))
+    if min(min(p) for p in pads) < 0:
+        x = lax.pad(
+            x,
+            jnp.zeros((), x.dtype),
+            ((0, 0, 0), (0, 0, 0)) + tuple((p[0], p[1], 0) for p in pads),
+        )
+        pads = ((0, 0), (0, 0))
+    return lax.conv_general_dilated(
+        x,
+        g,
+        window_strides=cfg.dilation,
+        padding=pads,
+        rhs_dilation=cfg.stride,
+        dimension_numbers=_DW_DIMS,
+        batch_group_count=cfg.groups,
+    )
+
+
+_conv2d_custom.defvjp(_conv2d_fwd, _conv2d_bwd)
