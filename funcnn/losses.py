@@ -52,6 +52,6 @@ def mse(outputs, targets):
 
 
 def accuracy(logits, labels):
-    """Fraction of rows whose argmax equals the label. logits `(N, K)`, labels `(N,)`."""
+    """Fraction of rows whose argmax is the label: logits `(N, K)`, labels `(N,)`."""
     _check_logits_labels("accuracy", logits, labels)
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
