@@ -6,6 +6,7 @@ from funcnn import ops as ops
 from funcnn.checkpoint import CheckpointManager as CheckpointManager
 from funcnn.checkpoint import load_checkpoint as load_checkpoint
 from funcnn.checkpoint import save_checkpoint as save_checkpoint
+from funcnn.cluster import initialize_distributed as initialize_distributed
 from funcnn.combinators import Add as Add
 from funcnn.combinators import Concat as Concat
 from funcnn.combinators import FanOut as FanOut
@@ -15,6 +16,14 @@ from funcnn.combinators import branches as branches
 from funcnn.combinators import parallel as parallel
 from funcnn.combinators import residual as residual
 from funcnn.combinators import serial as serial
+from funcnn.distributed import data_parallel as data_parallel
+from funcnn.distributed import make_mesh as make_mesh
+from funcnn.distributed import process_local_batch as process_local_batch
+from funcnn.distributed import replicate as replicate
+from funcnn.distributed import shard_batch as shard_batch
+from funcnn.gradcheck import GradcheckReport as GradcheckReport
+from funcnn.gradcheck import LeafCheck as LeafCheck
+from funcnn.gradcheck import gradcheck as gradcheck
 from funcnn.layers import AvgPool2D as AvgPool2D
 from funcnn.layers import BatchNorm as BatchNorm
 from funcnn.layers import Conv2D as Conv2D

@@ -92,9 +92,12 @@ def max_pool2d(
 def max_pool2d_reference(x, cfg: WindowConfig):
     """Plain-lax forward, `(N, C, H, W)` -> `(N, C, OH, OW)`: the autodiff oracle."""
     if cfg.dilation == (1, 1):
+        # The init value must be a concrete numpy scalar: under jit, jnp.asarray
+        # gives a tracer, and lax.reduce_window then falls back to its generic
+        # (non-differentiable) form instead of reduce_window_max.
         return lax.reduce_window(
             pad_input(x, cfg, -jnp.inf),
-            jnp.asarray(-jnp.inf, x.dtype),
+            np.asarray(-np.inf, x.dtype),
             lax.max,
             (1, 1) + cfg.window,
             (1, 1) + cfg.stride,
@@ -229,7 +232,7 @@ def avg_pool2d_reference(x, cfg: WindowConfig, divisor: _Divisor):
     """Plain-lax forward, `(N, C, H, W)` -> `(N, C, OH, OW)`: the autodiff oracle."""
     sums = lax.reduce_window(
         pad_input(x, cfg, 0),
-        jnp.asarray(0, x.dtype),
+        np.asarray(0, x.dtype),  # concrete, so JAX sees reduce_window_sum
         lax.add,
         (1, 1) + cfg.window,
         (1, 1) + cfg.stride,

@@ -1,0 +1,7 @@
+"""Benchmarks of funcnn's hand-written backward rules against autodiff and PyTorch.
+
+Run `python experiments/bench.py --help`. The package is split along its seams:
+`cases` (what is measured), `timing` (how), `jax_side` and `torch_side` (the two
+frameworks; torch runs in a worker subprocess), `memory` (peak RSS per
+configuration, each in its own subprocess) and `report` (tables, targets, chart).
+"""

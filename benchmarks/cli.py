@@ -1,0 +1,180 @@
+"""Command line of the benchmark: `python experiments/bench.py [--quick] [--only ...]`.
+
+Sections: "ops" (per-op forward/backward times), "train" (whole train steps) and
+"memory" (peak RSS per configuration, residual bytes per layer). Results go to
+`--out-dir` as results.json, results.md and bench.png.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib.util
+import json
+import os
+import platform
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+SECTIONS = ("ops", "train", "memory")
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+    p.add_argument("--quick", action="store_true", help="tiny grid, few repeats")
+    p.add_argument(
+        "--only",
+        action="append",
+        choices=SECTIONS,
+        help="run only this section (repeatable); default: all",
+    )
+    p.add_argument("--repeats", type=int, default=None, help="timed runs (20; quick 3)")
+    p.add_argument(
+        "--train-repeats", type=int, default=None, help="timed train steps (default --repeats)"
+    )
+    p.add_argument("--out-dir", default="bench_out")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=len(os.sched_getaffinity(0)),
+        help="torch.set_num_threads; JAX/XLA uses every core it may run on",
+    )
+    p.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
+    p.add_argument("--timeout", type=float, default=1800, help="per subprocess, s")
+    p.add_argument("--worker", choices=("torch", "memory"), help=argparse.SUPPRESS)
+    p.add_argument("--spec", help=argparse.SUPPRESS)
+    p.add_argument("--out", help=argparse.SUPPRESS)
+    return p
+
+
+def _worker(args) -> None:
+    spec = json.loads(args.spec)
+    if args.worker == "torch":
+        from benchmarks import torch_side
+
+        result = torch_side.run(spec)
+    else:
+        from benchmarks import memory
+
+        result = memory.worker(spec)
+    text = json.dumps(result)
+    if args.out:
+        Path(args.out).write_text(text)
+    else:
+        print(text)
+
+
+def _run_torch(script: str, spec: dict, timeout: float) -> dict:
+    """The torch side in a subprocess; {"error": ...} if it fails or is absent."""
+    if importlib.util.find_spec("torch") is None:
+        return {"error": "torch is not installed"}
+    with tempfile.TemporaryDirectory() as tmp:
+        out = Path(tmp) / "torch.json"
+        cmd = [sys.executable, script, "--worker", "torch", "--spec", json.dumps(spec)]
+        try:
+            proc = subprocess.run(
+                cmd + ["--out", str(out)],
+                capture_output=True,
+                text=True,
+                timeout=timeout,
+                check=False,
+            )
+        except subprocess.TimeoutExpired:
+            return {"error": f"torch worker timed out after {timeout:.0f} s"}
+        if proc.returncode != 0 or not out.exists():
+            return {"error": f"torch worker failed: {proc.stderr.strip()[-800:]}"}
+        return json.loads(out.read_text())
+
+
+def main(argv=None, script: str | None = None) -> dict:
+    args = _parser().parse_args(argv)
+    script = script or sys.argv[0]
+    if args.worker:
+        _worker(args)
+        return {}
+    import jax
+
+    from benchmarks import cases, jax_side, memory, report
+
+    sections = args.only or list(SECTIONS)
+    repeats = args.repeats or (3 if args.quick else 20)
+    train_repeats = args.train_repeats or repeats
+    out_dir = Path(args.out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    results: dict = {
+        "meta": {
+            "command": " ".join(["python", "experiments/bench.py", *(argv or sys.argv[1:])]),
+            "jax": jax.__version__,
+            "backend": jax.default_backend(),
+            "platform": platform.platform(),
+            "cpus": len(os.sched_getaffinity(0)),
+            "threads": args.threads,
+            "repeats": repeats,
+            "train_repeats": train_repeats,
+            "quick": args.quick,
+            "xla_flags": os.environ.get("XLA_FLAGS", ""),
+            "loadavg_start": round(os.getloadavg()[0], 2),
+        }
+    }
+    op_cases = cases.op_cases(args.quick) if "ops" in sections else []
+    train_cases = cases.train_cases(args.quick) if "train" in sections else []
+
+    def log(msg):
+        print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+    if op_cases:
+        results["ops"] = {}
+        for case in op_cases:
+            log(f"ops: {case['name']}")
+            results["ops"][case["name"]] = {
+                "case": case,
+                "jax": jax_side.bench_op(case, repeats),
+            }
+    if train_cases:
+        results["train"] = {}
+        for case in train_cases:
+            log(f"train: {case['model']}")
+            results["train"][case["model"]] = {
+                "case": case,
+                "jax": jax_side.bench_train(case, train_repeats),
+            }
+    if (op_cases or train_cases) and not args.no_torch:
+        log("torch worker")
+        spec = {
+            "ops": op_cases,
+            "train": train_cases,
+            "repeats": repeats,
+            "train_repeats": train_repeats,
+            "threads": args.threads,
+        }
+        torch_out = _run_torch(script, spec, args.timeout)
+        results["meta"]["torch"] = torch_out.get("torch_version", "absent")
+        if "error" in torch_out:
+            log(torch_out["error"])
+            results["meta"]["torch_error"] = torch_out["error"]
+        for name, entry in torch_out.get("ops", {}).items():
+            results["ops"][name]["torch"] = entry
+        for name, entry in torch_out.get("train", {}).items():
+            results["train"][name]["torch"] = entry
+    if "memory" in sections:
+        log("memory: residual bytes")
+        residuals = {
+            c["name"]: jax_side.residual_bytes(c) for c in cases.op_cases(args.quick)
+        }
+        mem_cases = cases.memory_cases(args.quick)
+        if args.no_torch or importlib.util.find_spec("torch") is None:
+            mem_cases = [c for c in mem_cases if c["framework"] != "torch"]
+        log(f"memory: peak RSS, {len(mem_cases)} subprocesses")
+        peak = memory.measure(script, mem_cases, args.threads, args.timeout)
+        results["memory"] = {"residuals": residuals, "peak": peak}
+    results["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
+    results["targets"] = report.targets(results)
+    text = report.markdown(results)
+    (out_dir / "results.json").write_text(json.dumps(results, indent=1))
+    (out_dir / "results.md").write_text(text)
+    report.chart(results, str(out_dir / "bench.png"))
+    print(text)
+    log(f"wrote {out_dir}/results.json, results.md, bench.png")
+    return results

@@ -1,0 +1,197 @@
+"""JAX measurements: ops (custom vs autodiff rules), residual bytes, train steps."""
+
+from __future__ import annotations
+
+import time
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from benchmarks import timing
+from funcnn import models, ops
+
+GRADS = ("custom", "autodiff")
+
+
+def _inputs(case: dict, dtype=jnp.float32) -> list:
+    keys = jax.random.split(jax.random.PRNGKey(0), 3)
+    arrays = [jax.random.normal(keys[0], case["x"], dtype)]
+    if case["op"] == "conv2d":
+        fan_in = int(np.prod(case["w"][1:]))
+        w = jax.random.normal(keys[1], case["w"], dtype) / np.sqrt(fan_in)
+        arrays += [w, jax.random.normal(keys[2], case["b"], dtype)]
+    return arrays
+
+
+def op_fn(case: dict, grad: str):
+    """The case's op as a function of its array inputs, with `grad` fixed."""
+    kw = case["kwargs"]
+    if case["op"] == "conv2d":
+        return lambda x, w, b: ops.conv2d(x, w, b, grad=grad, **kw)
+    op = ops.max_pool2d if case["op"] == "max_pool2d" else ops.avg_pool2d
+    return lambda x: op(x, case["window"], grad=grad, **kw)
+
+
+def _compile_seconds(jitted, *args) -> float:
+    start = time.perf_counter()
+    jitted.lower(*args).compile()
+    return time.perf_counter() - start
+
+
+def bench_op(case: dict, repeats: int) -> dict:
+    """Times each requested part of one op case for both grad modes, interleaved.
+
+    Parts: "fwd" (jit of the op), "bwd" (jit of the VJP function returned by
+    `jax.vjp`, applied to a random cotangent: the backward alone, residuals
+    precomputed) and "fwdbwd" (jit of `jax.vjp` plus the pullback in one call).
+    """
+    arrays = _inputs(case)
+    out_shape = jax.eval_shape(op_fn(case, "custom"), *arrays).shape
+    g = jax.random.normal(jax.random.PRNGKey(1), out_shape, arrays[0].dtype)
+    fns, compile_s = {}, {}
+    for grad in GRADS:
+        f = op_fn(case, grad)
+        if "fwd" in case["parts"]:
+            fwd = jax.jit(f)
+            compile_s[f"fwd/{grad}"] = _compile_seconds(fwd, *arrays)
+            fns[f"fwd/{grad}"] = lambda fwd=fwd: fwd(*arrays)
+        if "bwd" in case["parts"]:
+            _, pullback = jax.vjp(f, *arrays)
+            bwd = jax.jit(lambda pullback, g: pullback(g))
+            compile_s[f"bwd/{grad}"] = _compile_seconds(bwd, pullback, g)
+            fns[f"bwd/{grad}"] = lambda bwd=bwd, p=pullback: bwd(p, g)
+        if "fwdbwd" in case["parts"]:
+
+            def step(g, *args, f=f):
+                y, pullback = jax.vjp(f, *args)
+                return y, pullback(g)
+
+            both = jax.jit(step)
+            compile_s[f"fwdbwd/{grad}"] = _compile_seconds(both, g, *arrays)
+            fns[f"fwdbwd/{grad}"] = lambda both=both: both(g, *arrays)
+    times = timing.interleaved(fns, repeats=repeats, sync=jax.block_until_ready)
+    return {"times": times, "compile_s": compile_s}
+
+
+def residual_bytes(case: dict) -> dict:
+    """Bytes the backward pass keeps alive, per grad mode.
+
+    Method: `jax.vjp(f, *inputs)` returns the pullback as a `jax.tree_util.Partial`
+    whose leaves are exactly the arrays it closes over (the residuals of the custom
+    rule, or the constants of autodiff's linearised jaxpr). We sum their `nbytes`,
+    and separately the part that is not one of the inputs themselves (identical
+    buffers, compared with `is` after unwrapping; a saved input costs no new memory
+    in the layer alone, but keeps the activation alive in a network).
+    """
+    arrays = _inputs(case)
+    out = {}
+    for grad in GRADS:
+        _, pullback = jax.vjp(op_fn(case, grad), *arrays)
+        leaves = [x for x in jax.tree_util.tree_leaves(pullback) if hasattr(x, "nbytes")]
+        total = sum(int(x.nbytes) for x in leaves)
+        inputs = sum(
+            int(x.nbytes)
+            for x in leaves
+            if any(x is a or _same_buffer(x, a) for a in arrays)
+        )
+        out[grad] = {
+            "total_bytes": total,
+            "input_bytes": inputs,
+            "new_bytes": total - inputs,
+            "leaves": [f"{x.dtype}{list(x.shape)}" for x in leaves],
+        }
+    return out
+
+
+def _same_buffer(a, b) -> bool:
+    try:
+        return (
+            a.shape == b.shape
+            and a.dtype == b.dtype
+            and a.unsafe_buffer_pointer() == b.unsafe_buffer_pointer()
+        )
+    except Exception:  # not a single-device jax.Array
+        return False
+
+
+# ------------------------------------------------------------------ train steps
+
+
+def build_model(name: str, num_classes: int = 10):
+    if name == "lenet":
+        return models.lenet(num_classes)
+    if name == "vgg":
+        return models.vgg_small(num_classes)
+    if name == "vgg_nobn":
+        return models.vgg_small(num_classes, batchnorm=False, dropout=0.0)
+    raise ValueError(f"bench: unknown model {name!r}.")
+
+
+def make_step(model, grad: str, input_shape):
+    """(step(state, batch) -> (state, metrics), initial state), jitted and donating.
+
+    Uses `funcnn.train.make_train_step` with optax.adam(1e-3); falls back to a
+    minimal jitted step if funcnn.train is missing.
+    """
+    optimizer = optax.adam(1e-3)
+    try:
+        from funcnn.train import create_train_state, make_train_step
+    except ImportError:
+        return _minimal_step(model, optimizer, grad, input_shape)
+    state = create_train_state(model, (-1, *input_shape[1:]), optimizer)
+    return make_train_step(model, optimizer, grad=grad), state
+
+
+def _minimal_step(model, optimizer, grad, input_shape):
+    from funcnn.losses import softmax_cross_entropy
+
+    _, params, model_state = model.init(jax.random.PRNGKey(0), tuple(input_shape))
+
+    def step(state, batch):
+        params, model_state, opt_state, key = state
+        x, y = batch
+        key, sub = jax.random.split(key)
+
+        def objective(p):
+            out, ms = model.apply(p, model_state, x, train=True, key=sub, grad=grad)
+            return softmax_cross_entropy(out, y), ms
+
+        (value, ms), grads = jax.value_and_grad(objective, has_aux=True)(params)
+        updates, opt_state = optimizer.update(grads, opt_state, params)
+        params = optax.apply_updates(params, updates)
+        return (params, ms, opt_state, key), {"loss": value}
+
+    state = (params, model_state, optimizer.init(params), jax.random.PRNGKey(1))
+    return jax.jit(step, donate_argnums=0), state
+
+
+def train_batch(input_shape):
+    x = jax.random.normal(jax.random.PRNGKey(2), tuple(input_shape), jnp.float32)
+    y = jnp.arange(input_shape[0], dtype=jnp.int32) % 10
+    return x, y
+
+
+def bench_train(case: dict, repeats: int) -> dict:
+    """Times one train step per grad mode, interleaved; reports images/s too."""
+    shape = case["input"]
+    model = build_model(case["model"])
+    batch = train_batch(shape)
+    steps, states, compile_s = {}, {}, {}
+    for grad in GRADS:
+        steps[grad], states[grad] = make_step(model, grad, shape)
+        compile_s[grad] = _compile_seconds(steps[grad], states[grad], batch)
+
+    def runner(grad):
+        def run():
+            states[grad], metrics = steps[grad](states[grad], batch)
+            return metrics
+
+        return run
+
+    fns = {grad: runner(grad) for grad in GRADS}
+    times = timing.interleaved(fns, repeats=repeats, sync=jax.block_until_ready)
+    for stats in times.values():
+        stats["images_per_s"] = shape[0] / (stats["median_ms"] / 1e3)
+    return {"times": times, "compile_s": compile_s}

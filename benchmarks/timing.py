@@ -1,0 +1,58 @@
+"""Interleaved wall-clock timing with medians and inter-quartile ranges.
+
+The variants of one comparison run round-robin (A, B, A, B, ...) after warm-up, so
+that load from other processes on a shared machine hits them alike and their ratio
+stays meaningful even when the absolute times drift.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Callable
+
+import numpy as np
+
+
+def summarize(seconds: list[float]) -> dict:
+    """Median, quartiles, min and count of a list of seconds, in milliseconds."""
+    ms = np.asarray(seconds) * 1e3
+    q1, med, q3 = np.percentile(ms, [25, 50, 75])
+    return {
+        "median_ms": float(med),
+        "q1_ms": float(q1),
+        "q3_ms": float(q3),
+        "iqr_ms": float(q3 - q1),
+        "min_ms": float(ms.min()),
+        "n": int(ms.size),
+    }
+
+
+def interleaved(
+    fns: dict[str, Callable[[], object]],
+    *,
+    repeats: int,
+    warmup: int = 2,
+    sync: Callable[[object], object] = lambda out: out,
+) -> dict[str, dict]:
+    """Time each zero-argument callable `repeats` times, round-robin.
+
+    Args:
+      fns: name -> callable running one iteration.
+      repeats: timed iterations per callable.
+      warmup: untimed iterations per callable first (compilation, caches).
+      sync: applied to each result before the clock stops, e.g.
+        `jax.block_until_ready`.
+
+    Returns:
+      name -> `summarize` of its times.
+    """
+    for _ in range(warmup):
+        for fn in fns.values():
+            sync(fn())
+    times: dict[str, list[float]] = {name: [] for name in fns}
+    for _ in range(repeats):
+        for name, fn in fns.items():
+            start = time.perf_counter()
+            sync(fn())
+            times[name].append(time.perf_counter() - start)
+    return {name: summarize(ts) for name, ts in times.items()}

@@ -1,0 +1,182 @@
+"""Optimizers and learning-rate schedules, built from optax.
+
+`make_optimizer` returns an `optax.GradientTransformation` whose learning rate is
+injected with `optax.inject_hyperparams`, so the rate used at each update lives in
+the optimizer state and `learning_rate(opt_state)` can read it back for logging.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any
+
+import jax
+import optax
+
+OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")
+SCHEDULES = ("constant", "cosine", "step")
+
+
+def make_schedule(
+    learning_rate: float,
+    schedule: str = "constant",
+    *,
+    total_steps: int | None = None,
+    warmup_steps: int = 0,
+    step_boundaries: tuple[float, ...] = (0.5, 0.75),
+    step_factor: float = 0.1,
+) -> Callable[[Any], Any]:
+    """A learning-rate schedule `step -> rate` (an optax schedule).
+
+    Args:
+        learning_rate: the peak rate, > 0.
+        schedule: `"constant"`; `"cosine"`, which decays from the peak to 0 at
+            `total_steps`; or `"step"`, which multiplies the rate by `step_factor`
+            at each fraction of `total_steps` in `step_boundaries`.
+        total_steps: the length of training in updates; needed by "cosine" and
+            "step".
+        warmup_steps: updates of linear warm-up from 0 to the peak, before the
+            schedule proper (which then spans `total_steps - warmup_steps`).
+        step_boundaries: fractions in (0, 1) of `total_steps` for "step".
+        step_factor: the factor applied at each boundary of "step".
+
+    Returns:
+        A function from the update count (int32 scalar) to the rate (float32).
+
+    Raises:
+        ValueError: for an unknown schedule, a missing `total_steps`, or a
+            negative rate or warm-up.
+    """
+    func = "make_schedule"
+    if schedule not in SCHEDULES:
+        raise ValueError(f"{func}: expected schedule in {SCHEDULES}, got {schedule!r}.")
+    if not learning_rate > 0:
+        raise ValueError(f"{func}: expected learning_rate > 0, got {learning_rate!r}.")
+    if isinstance(warmup_steps, bool) or warmup_steps < 0:
+        raise ValueError(f"{func}: expected warmup_steps >= 0, got {warmup_steps!r}.")
+    if schedule != "constant" and (total_steps is None or total_steps <= warmup_steps):
+        raise ValueError(
+            f"{func}: expected total_steps > warmup_steps (={warmup_steps}) for the "
+            f"{schedule!r} schedule, got total_steps={total_steps!r}. Pass the "
+            "number of updates, e.g. epochs * steps_per_epoch."
+        )
+    if schedule == "constant":
+        main = optax.constant_schedule(learning_rate)
+    elif schedule == "cosine":
+        assert total_steps is not None
+        main = optax.cosine_decay_schedule(learning_rate, total_steps - warmup_steps)
+    else:
+        assert total_steps is not None
+        span = total_steps - warmup_steps
+        main = optax.piecewise_constant_schedule(
+            learning_rate,
+            {int(round(f * span)): step_factor for f in sorted(step_boundaries)},
+        )
+    if warmup_steps == 0:
+        return main
+    warmup = optax.linear_schedule(0.0, learning_rate, warmup_steps)
+    return optax.join_schedules([warmup, main], [warmup_steps])
+
+
+def _kernels_only(params):
+    # Decay conv and dense kernels, not biases or BatchNorm scales: shrinking
+    # those towards 0 only fights the normalisation and shifts activations.
+    return jax.tree_util.tree_map(lambda p: p.ndim > 1, params)
+
+
+def make_optimizer(
+    name: str,
+    learning_rate: float,
+    *,
+    momentum: float = 0.9,
+    weight_decay: float = 0.0,
+    schedule: str = "constant",
+    total_steps: int | None = None,
+    warmup_steps: int = 0,
+    b1: float = 0.9,
+    b2: float = 0.999,
+    eps: float = 1e-8,
+    clip_norm: float | None = None,
+) -> optax.GradientTransformation:
+    """An optax optimizer by name, with schedule, weight decay and clipping.
+
+    Args:
+        name: `"sgd"`, `"momentum"` (SGD with heavy-ball momentum), `"adagrad"`,
+            `"rmsprop"`, `"adam"` or `"adamw"`.
+        learning_rate: the peak learning rate, > 0.
+        momentum: the momentum of "momentum".
+        weight_decay: L2 decay of the kernels (arrays of rank >= 2). For all but
+            "adamw" it is `optax.add_decayed_weights` before the optimizer, i.e.
+            `weight_decay * w` joins the gradient; "adamw" decouples it, as in
+            `optax.adamw`.
+        schedule, total_steps, warmup_steps: see `make_schedule`.
+        b1, b2, eps: Adam's moment decays and epsilon ("adam", "adamw").
+        clip_norm: if set, gradients are first clipped to this global norm.
+
+    Returns:
+        A `GradientTransformation`; `learning_rate(opt_state)` reads the rate
+        of its latest update.
+
+    Raises:
+        ValueError: for an unknown name or a bad value.
+    """
+    func = "make_optimizer"
+    if name not in OPTIMIZERS:
+        raise ValueError(f"{func}: expected name in {OPTIMIZERS}, got {name!r}.")
+    if weight_decay < 0:
+        raise ValueError(f"{func}: expected weight_decay >= 0, got {weight_decay!r}.")
+    if clip_norm is not None and not clip_norm > 0:
+        raise ValueError(f"{func}: expected clip_norm > 0 or None, got {clip_norm!r}.")
+    rate = make_schedule(
+        learning_rate, schedule, total_steps=total_steps, warmup_steps=warmup_steps
+    )
+
+    def build(learning_rate):
+        if name == "adamw":
+            core = optax.adamw(
+                learning_rate,
+                b1,
+                b2,
+                eps,
+                weight_decay=weight_decay,
+                mask=_kernels_only,
+            )
+        else:
+            core = {
+                "sgd": lambda: optax.sgd(learning_rate),
+                "momentum": lambda: optax.sgd(learning_rate, momentum=momentum),
+                "adagrad": lambda: optax.adagrad(learning_rate),
+                "rmsprop": lambda: optax.rmsprop(learning_rate),
+                "adam": lambda: optax.adam(learning_rate, b1, b2, eps),
+            }[name]()
+            if weight_decay > 0:
+                core = optax.chain(
+                    optax.add_decayed_weights(weight_decay, _kernels_only), core
+                )
+        if clip_norm is not None:
+            core = optax.chain(optax.clip_by_global_norm(clip_norm), core)
+        return core
+
+    return optax.inject_hyperparams(build)(learning_rate=rate)
+
+
+def learning_rate(opt_state) -> jax.Array | None:
+    """The learning rate of the latest update, read from an optimizer state.
+
+    Works for states of `make_optimizer` optimizers (and any optax state holding
+    an `inject_hyperparams` state with a "learning_rate"), inside or outside
+    `jit`. The rate is the one the latest `update` used (the first rate before
+    any update).
+
+    Returns:
+        A float32 scalar, or None if the state carries no injected rate.
+    """
+    hyper = getattr(opt_state, "hyperparams", None)
+    if isinstance(hyper, dict) and "learning_rate" in hyper:
+        return hyper["learning_rate"]
+    if isinstance(opt_state, (tuple, list)):
+        for sub in opt_state:
+            found = learning_rate(sub)
+            if found is not None:
+                return found
+    return None

@@ -1,0 +1,301 @@
+"""Training and evaluation steps as pure functions of a `TrainState`.
+
+`make_train_step` returns `train_step(state, batch) -> (state, metrics)`, jitted
+by default. It is a pure function of its arguments: the PRNG key for Dropout is
+split from `state.key` and the new key is stored in the returned state, so a run
+is a deterministic function of its seed and its batches.
+
+Non-finite protection is an explicit check inside the step, not
+`optax.apply_if_finite`: when the loss, any gradient or any updated parameter is
+not finite, the step keeps the old params, model state and optimizer state (the
+step counter and key still advance) and reports `metrics["nonfinite"] = 1`.
+Unlike `apply_if_finite`, it never gives up and applies a bad update after a run
+of failures, and it also keeps BatchNorm statistics from absorbing NaNs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from typing import Any, NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import optax
+
+from funcnn.layers import Layer
+from funcnn.losses import accuracy, mse, softmax_cross_entropy
+from funcnn.optim import learning_rate
+
+LOSSES = ("cross_entropy", "mse")
+
+
+class TrainState(NamedTuple):
+    """Everything a training run carries from step to step.
+
+    Every leaf is an array, so the whole state saves with `save_checkpoint`.
+    """
+
+    params: Any  # pytree of float32 arrays from model.init, e.g. {"00_conv": {...}}
+    model_state: Any  # pytree from model.init: BatchNorm running mean/var, shape (C,)
+    opt_state: Any  # optax state of the optimizer for params
+    step: jax.Array  # shape=(), int32: train_step calls so far
+    key: jax.Array  # shape=(2,), uint32: raw PRNG key (jax.random.PRNGKey) to split
+
+
+def create_train_state(
+    model: Layer, input_shape: tuple[int, ...], optimizer, *, seed: int = 0
+) -> TrainState:
+    """Initialises the model and optimizer.
+
+    Args:
+        model: a `Layer`, e.g. `funcnn.models.lenet(input_hw=(8, 8))`.
+        input_shape: the model's input shape with the batch axis, e.g.
+            `(-1, 1, 8, 8)` (the batch size may be -1).
+        optimizer: an `optax.GradientTransformation`, e.g. from `make_optimizer`.
+        seed: seeds the parameter initialisation and the training key.
+
+    Returns:
+        A `TrainState` at step 0.
+    """
+    if not isinstance(model, Layer):
+        raise TypeError(
+            f"create_train_state: expected a funcnn Layer as model, got "
+            f"{type(model).__name__}. Build it with funcnn.serial(...) or "
+            "funcnn.models."
+        )
+    init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
+    _, params, model_state = model.init(init_key, tuple(input_shape))
+    return TrainState(
+        params=params,
+        model_state=model_state,
+        opt_state=optimizer.init(params),
+        step=jnp.zeros((), jnp.int32),
+        key=train_key,
+    )
+
+
+def _loss_fn(loss: str | Callable, label_smoothing: float = 0.0) -> Callable:
+    """Maps a loss name to `fn(outputs (N, K), labels (N,)) -> mean scalar`."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(
+            f"make_train_step: expected 0 <= label_smoothing < 1, got "
+            f"{label_smoothing!r}."
+        )
+    if label_smoothing and loss != "cross_entropy":
+        raise ValueError(
+            f"make_train_step: expected loss='cross_entropy' with label_smoothing, "
+            f"got loss={loss!r}."
+        )
+    if callable(loss):
+        return loss
+    if loss == "cross_entropy" and label_smoothing:
+        return lambda out, y: _smoothed_cross_entropy(out, y, label_smoothing)
+    if loss == "cross_entropy":
+        return softmax_cross_entropy
+    if loss == "mse":
+        # The targets of the squared error are one-hot rows of the labels.
+        return lambda out, y: mse(
+            out, jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
+        )
+    raise ValueError(
+        f"make_train_step: expected loss in {LOSSES} or a callable, got {loss!r}."
+    )
+
+
+def _smoothed_cross_entropy(logits, labels, eps: float):
+    """Cross-entropy against `(1 - eps) * one_hot(labels) + eps / K`, averaged.
+
+    logits `(N, K)`, labels `(N,)`: `(1 - eps) * nll + eps * mean_k(-log p_k)`.
+    """
+    nll = softmax_cross_entropy(logits, labels)
+    return (1.0 - eps) * nll - eps * jnp.mean(jax.nn.log_softmax(logits, axis=-1))
+
+
+def _check_grad(func: str, grad: str) -> None:
+    if grad not in ("custom", "autodiff"):
+        raise ValueError(
+            f"{func}: expected grad='custom' or 'autodiff', got {grad!r}. 'custom' "
+            "uses funcnn's hand-written conv/pool backward rules."
+        )
+
+
+def _global_norm(tree) -> jax.Array:
+    # Written out: optax.global_norm is deprecated and optax.tree.norm is new.
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
+
+
+def _all_finite(tree) -> jax.Array:
+    leaves = jax.tree_util.tree_leaves(tree)
+    return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves]))
+
+
+def make_train_step(
+    model: Layer,
+    optimizer,
+    *,
+    loss: str | Callable = "cross_entropy",
+    grad: str = "custom",
+    label_smoothing: float = 0.0,
+    jit: bool = True,
+    donate: bool = True,
+) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
+    """Builds `train_step(state, batch) -> (state, metrics)`.
+
+    Args:
+        model: the `Layer` the state was created for.
+        optimizer: the optax optimizer the state was created with.
+        loss: `"cross_entropy"` (softmax cross-entropy of logits), `"mse"` (the
+            squared error of the outputs against one-hot labels), or a callable
+            `(outputs (N, K), labels (N,)) -> scalar`.
+        grad: `"custom"` or `"autodiff"` backward rules for convs and pools.
+        label_smoothing: eps in [0, 1) for "cross_entropy": the targets become
+            `(1 - eps) * one_hot + eps / K`, and the logged loss is that loss.
+        jit: if False, return the pure, un-jitted function (to be wrapped by the
+            caller, e.g. `jax.jit` with shardings).
+        donate: with `jit`, donate the input state's buffers; the caller must
+            replace its state with the returned one.
+
+    Returns:
+        `train_step(state, (x, y))` with x of shape `(N, C, H, W)` and int labels
+        y of shape `(N,)`. It returns the new state and float32 scalar metrics:
+        "loss" and "accuracy" of the batch (before the update), "grad_norm"
+        (global L2 norm), "nonfinite" (1.0 if the update was skipped), and "lr"
+        (the rate of this update) when the optimizer injects one.
+    """
+    func = "make_train_step"
+    _check_grad(func, grad)
+    loss_of = _loss_fn(loss, label_smoothing)
+
+    def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        x, y = batch
+        key, step_key = jax.random.split(state.key)
+
+        def objective(params):
+            out, model_state = model.apply(
+                params, state.model_state, x, train=True, key=step_key, grad=grad
+            )
+            return loss_of(out, y), (out, model_state)
+
+        (value, (out, model_state)), grads = jax.value_and_grad(
+            objective, has_aux=True
+        )(state.params)
+        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
+        params = optax.apply_updates(state.params, updates)
+        ok = jnp.isfinite(value) & _all_finite(grads) & _all_finite(params)
+
+        def keep_if_ok(new, old):
+            return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
+
+        new_state = TrainState(
+            params=keep_if_ok(params, state.params),
+            model_state=keep_if_ok(model_state, state.model_state),
+            opt_state=keep_if_ok(opt_state, state.opt_state),
+            step=state.step + 1,
+            key=key,
+        )
+        metrics = {
+            "loss": value.astype(jnp.float32),
+            "accuracy": accuracy(out, y).astype(jnp.float32),
+            "grad_norm": _global_norm(grads),
+            "nonfinite": jnp.logical_not(ok).astype(jnp.float32),
+        }
+        rate = learning_rate(opt_state)
+        if rate is not None:
+            metrics["lr"] = jnp.asarray(rate, jnp.float32)
+        return new_state, metrics
+
+    if not jit:
+        return train_step
+    return jax.jit(train_step, donate_argnums=0 if donate else ())
+
+
+def make_eval_step(
+    model: Layer,
+    *,
+    loss: str | Callable = "cross_entropy",
+    grad: str = "custom",
+    jit: bool = True,
+) -> Callable[[TrainState, Any], dict]:
+    """Builds `eval_step(state, batch) -> metrics`, sums that add up over batches.
+
+    Args:
+        model, loss, grad, jit: as in `make_train_step`. The model runs with
+            `train=False` (BatchNorm uses its running statistics, no Dropout).
+
+    Returns:
+        `eval_step(state, (x, y))` or `eval_step(state, (x, y, mask))` where x is
+        `(N, C, H, W)`, y `(N,)` ints and mask `(N,)` of 0/1 weights (0 marks
+        padding). It returns float32 scalars "loss_sum" (the sum of per-example
+        losses), "correct" (the number of right argmax predictions) and "count"
+        (the number of examples counted), so sums over batches are exact totals.
+    """
+    _check_grad("make_eval_step", grad)
+    loss_of = _loss_fn(loss)
+    # Per-example losses from the library's own mean loss applied row by row.
+    per_example = jax.vmap(lambda o, t: loss_of(o[None], t[None]))
+
+    def eval_step(state: TrainState, batch) -> dict:
+        x, y = batch[0], batch[1]
+        mask = batch[2] if len(batch) > 2 else jnp.ones(y.shape, jnp.float32)
+        out, _ = model.apply(state.params, state.model_state, x, train=False, grad=grad)
+        losses = per_example(out, y).astype(jnp.float32)
+        hits = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
+        mask = mask.astype(jnp.float32)
+        return {
+            # where, not a product: a padding row's loss must not leak a NaN.
+            "loss_sum": jnp.sum(jnp.where(mask > 0, losses * mask, 0.0)),
+            "correct": jnp.sum(hits * mask),
+            "count": jnp.sum(mask),
+        }
+
+    return jax.jit(eval_step) if jit else eval_step
+
+
+def evaluate(eval_step, state: TrainState, x, y, batch_size: int) -> dict[str, float]:
+    """Evaluates on every example of `(x, y)` in batches of one fixed shape.
+
+    The last partial batch is padded with zero images under a zero mask, so the
+    jitted `eval_step` compiles once per batch shape and no example is dropped.
+    Totals are accumulated on the device and fetched once.
+
+    Args:
+        eval_step: from `make_eval_step`.
+        state: the `TrainState` to evaluate.
+        x: images of shape `(N, C, H, W)`; y: int labels of shape `(N,)`.
+        batch_size: examples per call, > 0.
+
+    Returns:
+        {"loss": mean loss, "accuracy": fraction correct, "correct": int,
+        "count": N} as Python numbers.
+    """
+    x, y = np.asarray(x), np.asarray(y)
+    n = x.shape[0]
+    if n == 0 or y.shape != (n,) or batch_size < 1:
+        raise ValueError(
+            f"evaluate: expected N >= 1 images with labels of shape (N,) and "
+            f"batch_size >= 1, got x {x.shape}, y {y.shape}, batch_size {batch_size}."
+        )
+    totals = None
+    for start in range(0, n, batch_size):
+        xb, yb = x[start : start + batch_size], y[start : start + batch_size]
+        mask = np.ones(batch_size, np.float32)
+        if len(xb) < batch_size:
+            pad = batch_size - len(xb)
+            mask[len(xb) :] = 0.0
+            xb = np.concatenate([xb, np.zeros((pad,) + xb.shape[1:], xb.dtype)])
+            yb = np.concatenate([yb, np.zeros((pad,), yb.dtype)])
+        sums = eval_step(state, (xb, yb, mask))
+        totals = (
+            sums if totals is None else jax.tree_util.tree_map(jnp.add, totals, sums)
+        )
+    totals = jax.device_get(totals)
+    count = int(round(float(totals["count"])))
+    correct = int(round(float(totals["correct"])))
+    return {
+        "loss": float(totals["loss_sum"]) / count,
+        "accuracy": correct / count,
+        "correct": correct,
+        "count": count,
+    }

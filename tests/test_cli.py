@@ -1,0 +1,316 @@
+"""End-to-end tests of experiments/train.py, run as subprocesses on tiny budgets.
+
+The runs are shared between tests by a module-scoped fixture that starts the
+independent ones at once. Every run is LeNet (width 1) on the digits, 2 epochs
+of 22 steps, logging every step, so runs can be compared line by line.
+"""
+
+import importlib.util
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from funcnn.checkpoint import CheckpointManager
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "train.py"
+COMMON = [
+    "--width", "1", "--batch-size", "64", "--epochs", "2", "--log-every", "1",
+    "--seed", "3", "--no-progress",
+]  # fmt: skip
+STEPS_PER_EPOCH = 1438 // 64
+TIMING = ("seconds", "images_per_sec")
+
+
+def start(*args):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, str(SCRIPT), *map(str, args)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        cwd=ROOT,
+    )
+
+
+def finish(proc, timeout=240):
+    out, err = proc.communicate(timeout=timeout)
+    return {"rc": proc.returncode, "out": out, "err": err}
+
+
+def signal_when_started(proc, out_dir: Path, signum, timeout=120):
+    """Sends `signum` as soon as the run has written config.json (its handlers
+    are installed before that)."""
+    deadline = time.monotonic() + timeout
+    while not (out_dir / "config.json").exists():
+        assert proc.poll() is None, proc.communicate()
+        assert time.monotonic() < deadline, "the run never wrote config.json"
+        time.sleep(0.01)
+    proc.send_signal(signum)
+
+
+def records(out_dir: Path, *, timing=False):
+    lines = (out_dir / "metrics.jsonl").read_text().splitlines()
+    recs = [json.loads(line) for line in lines if line.strip()]
+    if not timing:
+        recs = [{k: v for k, v in r.items() if k not in TIMING} for r in recs]
+    return recs
+
+
+def final_state(out_dir: Path):
+    tree, meta = CheckpointManager(out_dir / "checkpoints").restore()
+    return tree, meta
+
+
+@pytest.fixture(scope="module")
+def runs(tmp_path_factory):
+    base = tmp_path_factory.mktemp("runs")
+    d = {k: base / k for k in ("custom", "autodiff", "resumed", "sigint", "sigterm")}
+    procs = {
+        "custom": start(*COMMON, "--no-plots", "--out-dir", d["custom"]),
+        "autodiff": start(*COMMON, "--grad", "autodiff", "--out-dir", d["autodiff"]),
+        "leg1": start(
+            *COMMON,
+            "--no-plots",
+            "--max-steps",
+            STEPS_PER_EPOCH,
+            "--out-dir",
+            d["resumed"],
+        ),  # fmt: skip
+        "sigint": start(*COMMON, "--no-plots", "--out-dir", d["sigint"]),
+        "sigterm": start(
+            *COMMON, "--epochs", "50", "--no-plots", "--out-dir", d["sigterm"]
+        ),
+    }
+    signal_when_started(procs["sigint"], d["sigint"], signal.SIGINT)
+    signal_when_started(procs["sigterm"], d["sigterm"], signal.SIGTERM)
+    res = {k: finish(p) for k, p in procs.items()}
+    res["leg1_records"] = records(d["resumed"])
+    res["sigint_ckpt"] = final_state(d["sigint"])[1]
+    second = {
+        # A resumed run takes its settings (epochs too) from config.json.
+        "leg2": start("--resume", "--out-dir", d["resumed"]),
+        "sigint_resumed": start("--resume", "--out-dir", d["sigint"]),
+    }
+    res.update({k: finish(p) for k, p in second.items()})
+    return res, d
+
+
+def test_runs_finish_and_write_a_run_directory(runs):
+    res, d = runs
+    for name in ("custom", "autodiff", "leg1", "leg2", "sigint_resumed"):
+        assert res[name]["rc"] == 0, (name, res[name]["err"])
+    config = json.loads((d["custom"] / "config.json").read_text())
+    assert config["grad"] == "custom" and config["steps_per_epoch"] == STEPS_PER_EPOCH
+    assert len(config["normalizer"]["mean"]) == 1
+    recs = records(d["custom"], timing=True)
+    steps = [r for r in recs if r["type"] == "step"]
+    epochs = [r for r in recs if r["type"] == "epoch"]
+    assert [r["step"] for r in steps] == list(range(1, 2 * STEPS_PER_EPOCH + 1))
+    assert [r["epoch"] for r in epochs] == [1, 2]
+    for r in epochs:
+        assert r["test_count"] == 359 and 0 <= r["test_accuracy"] <= 1
+        assert {"loss", "accuracy", "lr", "seconds", "images_per_sec"} <= set(r)
+    assert epochs[-1]["test_loss"] < epochs[0]["test_loss"]
+    tree, meta = final_state(d["custom"])
+    assert meta["step"] == meta["config"]["total_steps"] == 44 and meta["epoch"] == 2
+    assert CheckpointManager(d["custom"] / "checkpoints").steps() == [22, 44]
+    assert (
+        "test accuracy" in res["custom"]["out"]
+        and str(d["custom"]) in res["custom"]["out"]
+    )
+
+
+def test_plots_are_written_unless_disabled(runs):
+    _, d = runs
+    for name in ("curves.png", "filters.png", "feature_maps.png"):
+        path = d["autodiff"] / name
+        assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n", name
+        assert not (d["custom"] / name).exists()
+
+
+def test_custom_and_autodiff_log_the_same_losses(runs):
+    _, d = runs
+    custom, autodiff = records(d["custom"]), records(d["autodiff"])
+    assert [r["step"] for r in custom] == [r["step"] for r in autodiff]
+    for a, b in zip(custom, autodiff):
+        assert abs(a["loss"] - b["loss"]) <= 1e-4, (a, b)
+        if a["type"] == "epoch":
+            assert abs(a["test_loss"] - b["test_loss"]) <= 1e-4
+
+
+def test_same_seed_runs_log_identical_metrics(runs):
+    res, d = runs
+    full = records(d["custom"])
+    leg1 = res["leg1_records"]
+    assert leg1 == [r for r in full if r["step"] <= STEPS_PER_EPOCH]
+
+
+def assert_same_final_state(a: Path, b: Path):
+    (ta, ma), (tb, mb) = final_state(a), final_state(b)
+    assert ma["step"] == mb["step"] == 44
+    assert list(ta) == list(tb)
+    for key in ta:
+        assert np.array_equal(ta[key], tb[key]), key  # bit-identical
+        assert ta[key].dtype == tb[key].dtype
+
+
+def test_resume_after_an_epoch_is_bit_identical(runs):
+    res, d = runs
+    assert_same_final_state(d["custom"], d["resumed"])
+    assert records(d["resumed"]) == records(d["custom"])
+    assert "test accuracy" in res["leg2"]["out"]
+
+
+def test_sigint_saves_a_checkpoint_and_resume_is_bit_identical(runs):
+    res, d = runs
+    assert res["sigint"]["rc"] == 130, res["sigint"]["err"]
+    assert "stopped by SIGINT" in res["sigint"]["err"]
+    assert (
+        "--resume" in res["sigint"]["err"] and "Traceback" not in res["sigint"]["err"]
+    )
+    assert res["sigint_ckpt"]["step"] < 44
+    assert_same_final_state(d["custom"], d["sigint"])
+    assert records(d["sigint"]) == records(d["custom"])
+
+
+def test_sigterm_saves_a_checkpoint_and_exits_143(runs):
+    res, d = runs
+    assert res["sigterm"]["rc"] == 143, res["sigterm"]["err"]
+    assert "stopped by SIGTERM" in res["sigterm"]["err"]
+    tree, meta = final_state(d["sigterm"])
+    assert meta["step"] == int(tree[".step"]) < 50 * STEPS_PER_EPOCH
+
+
+# ----------------------------------------------------------------------------
+# Bad input: exit code 2 and a one-line message, no traceback.
+
+
+@pytest.fixture(scope="module")
+def cli():
+    spec = importlib.util.spec_from_file_location("train_cli", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_missing_data_dir_exits_2_without_traceback(tmp_path):
+    proc = start(
+        "--dataset", "mnist", "--data-dir", tmp_path / "nope", "--out-dir", tmp_path
+    )
+    res = finish(proc, timeout=120)
+    assert res["rc"] == 2
+    assert "--data-dir" in res["err"] and "does not exist" in res["err"]
+    assert "Traceback" not in res["err"]
+
+
+@pytest.mark.parametrize(
+    "argv, message",
+    [
+        (["--model", "resnet"], "invalid choice: 'resnet'"),
+        (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--dataset", "mnist"], "needs --data-dir"),
+        (["--lr", "-1"], "--lr must be > 0"),
+        (["--batch-size", "0"], "--batch-size must be >= 1"),
+        (["--epochs", "two"], "invalid int value"),
+        (["--resume"], "--resume needs --out-dir"),
+    ],
+)
+def test_bad_arguments_exit_2(cli, capsys, argv, message):
+    with pytest.raises(SystemExit) as exc:
+        cli.main(argv)
+    assert exc.value.code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_data_dir_without_the_files_exits_2(cli, capsys, tmp_path):
+    argv = ["--dataset", "mnist", "--data-dir", str(tmp_path), "--out-dir"]
+    assert cli.main([*argv, str(tmp_path / "run")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("train.py: error: ") and "mnist" in err
+
+
+def test_resume_refuses_a_missing_run_or_changed_settings(cli, capsys, runs, tmp_path):
+    _, d = runs
+    with pytest.raises(SystemExit):
+        cli.main(["--resume", "--out-dir", str(tmp_path / "none")])
+    assert "does not exist" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        cli.main(["--resume", "--out-dir", str(d["custom"]), "--lr", "0.5"])
+    assert "lr=0.5" in capsys.readouterr().err
+    assert cli.main(["--out-dir", str(d["custom"])]) == 2
+    assert "already holds a run" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------
+# The script's helpers.
+
+
+class FixedShift:
+    """Stands in for a numpy Generator whose uniform draws are all `value`."""
+
+    def __init__(self, dy, dx):
+        self.d = (dy, dx)
+
+    def uniform(self, low, high, size):
+        assert low <= min(self.d) and max(self.d) <= high
+        return np.broadcast_to(np.asarray(self.d, np.float64), size)
+
+
+@pytest.mark.parametrize("dy, dx", [(0.0, 0.0), (0.5, 0.0), (0.0, -0.5), (-1.0, 1.0)])
+def test_shift_images_against_a_hand_written_bilinear_shift(cli, dy, dx):
+    x = np.arange(2 * 2 * 5 * 5, dtype=np.float32).reshape(2, 2, 5, 5)
+    fill = np.array([-1.0, -2.0], np.float32)
+    got = cli.shift_images(x, FixedShift(dy, dx), 1.0, fill)
+    expected = np.empty_like(x)
+    for n, c, i, j in np.ndindex(*x.shape):
+
+        def px(r, q, n=n, c=c):
+            inside = 0 <= r < 5 and 0 <= q < 5
+            return x[n, c, r, q] if inside else fill[c]
+
+        r0, q0 = int(np.floor(i + dy)), int(np.floor(j + dx))
+        fy, fx = i + dy - r0, j + dx - q0
+        expected[n, c, i, j] = (1 - fy) * ((1 - fx) * px(r0, q0) + fx * px(r0, q0 + 1))
+        expected[n, c, i, j] += fy * (
+            (1 - fx) * px(r0 + 1, q0) + fx * px(r0 + 1, q0 + 1)
+        )
+    np.testing.assert_allclose(got, expected, rtol=1e-6, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    "name, builder, kwargs",
+    [
+        ("lenet", "lenet", {"input_hw": (8, 8), "width": 2}),
+        ("lenet", "lenet", {"input_hw": (28, 28), "width": 1}),
+        ("vgg", "vgg_small", {}),
+    ],
+)
+def test_layer_lists_rebuild_the_library_models(cli, name, builder, kwargs):
+    import jax
+    import jax.numpy as jnp
+
+    from funcnn import models, serial
+
+    hw = kwargs.get("input_hw", (8, 8))
+    layers = cli.MODEL_LAYERS[name](10, hw, kwargs.get("width", 1))
+    ours, theirs = serial(*layers), getattr(models, builder)(10, **kwargs)
+    key, shape = jax.random.PRNGKey(0), (2, 1, *hw)
+    out_a, params_a, state_a = ours.init(key, shape)
+    out_b, params_b, state_b = theirs.init(key, shape)
+    assert out_a == out_b
+    assert jax.tree.structure(params_a) == jax.tree.structure(params_b)
+    for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
+        np.testing.assert_array_equal(a, b)
+    x = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float32)
+    ya, _ = ours.apply(params_a, state_a, x)
+    yb, _ = theirs.apply(params_b, state_b, x)
+    np.testing.assert_array_equal(ya, yb)

@@ -1,0 +1,134 @@
+"""Runs the backprop worked example and the gradient-check report as scripts and
+checks what they print against the textbook's figures."""
+
+import importlib.util
+import re
+import subprocess
+import sys
+from pathlib import Path
+
+import jax
+import numpy as np
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+EXPERIMENTS = ROOT / "experiments"
+NUMBER = r"-?\d+\.\d+(?:e[-+]\d+)?"
+
+
+def _run(script: str, *args: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, str(EXPERIMENTS / script), *args],
+        capture_output=True,
+        text=True,
+        cwd=ROOT,
+        timeout=300,
+    )
+
+
+def _value(text: str, label: str) -> float:
+    """The number on the first line of text that reads `label = number`."""
+    match = re.search(r"(?m)^\s*" + re.escape(label) + r" += (" + NUMBER + ")", text)
+    assert match, f"{label!r} not found in:\n{text}"
+    return float(match.group(1))
+
+
+# The figures of the worked example as the texts print them (rounded to 8 or 9
+# places), except the error after one step: the texts print 0.291027924 because
+# they rounded intermediate values; unrounded arithmetic gives 0.29102777.
+EXPECTED = {
+    "out_o1": 0.75136507,
+    "out_o2": 0.77292847,
+    "E_total": 0.298371109,
+    "dE/dw5 = delta_o1 * out_h1 (Dense vjp)": 0.082167041,
+    "dE/dw1 = delta_h1 * i1, i1 = 0.05": 0.000438568,
+    "w1": 0.14978072,
+    "w2": 0.19956143,
+    "w3": 0.24975114,
+    "w4": 0.29950229,
+    "w5": 0.35891648,
+    "w6": 0.40866619,
+    "w7": 0.51130127,
+    "w8": 0.56137012,
+    "E_total after 1 step": 0.29102777,
+}
+
+
+@pytest.fixture(scope="module")
+def worked_example_outputs():
+    runs = {mode: _run("backprop_worked_example.py", "--grad", mode) for mode in
+            ("custom", "autodiff")}  # fmt: skip
+    for mode, run in runs.items():
+        assert run.returncode == 0, f"--grad {mode} failed:\n{run.stderr}"
+    return {mode: run.stdout for mode, run in runs.items()}
+
+
+@pytest.mark.parametrize("mode", ["custom", "autodiff"])
+def test_worked_example_prints_the_textbook_figures(worked_example_outputs, mode):
+    text = worked_example_outputs[mode]
+    assert f'grad="{mode}"' in text
+    for label, expected in EXPECTED.items():
+        assert _value(text, label) == pytest.approx(expected, abs=1e-8), label
+    assert "0.291027924" in text  # the note on the texts' rounded figure
+    after = text.split("After 10000 steps:")[1]
+    assert _value(after, "E_total after 10000 steps") == pytest.approx(
+        3.5102e-05, abs=1e-6
+    )
+    assert _value(after, "out_o1") == pytest.approx(0.015914, abs=1e-6)
+    assert _value(after, "out_o2") == pytest.approx(0.984064, abs=1e-6)
+
+
+def test_worked_example_grad_modes_agree(worked_example_outputs):
+    # Dense has no custom rule, so both modes compute the same numbers.
+    def numbers(text):
+        return [float(v) for v in re.findall("= (" + NUMBER + ")", text)]
+
+    custom = numbers(worked_example_outputs["custom"])
+    autodiff = numbers(worked_example_outputs["autodiff"])
+    assert len(custom) == len(autodiff) > 20
+    np.testing.assert_allclose(custom, autodiff, rtol=1e-12, atol=1e-15)
+
+
+def test_gradcheck_report_runs_and_prints_tables():
+    run = _run(
+        "gradcheck_report.py",
+        "--checks",
+        "ops",
+        "lenet",
+        "--max-coords",
+        "4",
+        "--directions",
+        "1",
+        "--data",
+        "random",
+    )
+    assert run.returncode == 0, run.stdout + run.stderr
+    out = run.stdout
+    assert out.count("gradcheck: ") == 8
+    assert "autodiff aborts XLA:CPU here" in out
+    assert re.search(r"leaf\s+shape\s+ad abs\s+ad rel\s+FD abs\s+FD rel", out)
+    assert "params['00_conv']['w']" in out
+    assert re.search(r"8 gradient checks, 0 failed", out)
+
+
+def test_gradcheck_report_exits_nonzero_on_a_failure(monkeypatch, capsys):
+    spec = importlib.util.spec_from_file_location(
+        "gradcheck_report", EXPERIMENTS / "gradcheck_report.py"
+    )
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+
+    def wrong_avg_pool(x, window, *, grad="custom", **kwargs):
+        # The true values, but twice the true gradient on the custom path.
+        y = module.funcnn.avg_pool2d(x, window, grad=grad, **kwargs)
+        return 2 * y - jax.lax.stop_gradient(y) if grad == "custom" else y
+
+    monkeypatch.setattr(
+        module,
+        "OP_CASES",
+        [("wrong avg_pool2d", wrong_avg_pool, [(1, 1, 4, 4)], dict(window=2), True)],
+    )
+    assert module.main(["--checks", "ops", "--max-coords", "4"]) == 1
+    out = capsys.readouterr().out
+    assert "FAILED: wrong avg_pool2d" in out
+    assert "FAIL (autodiff, FD)" in out
