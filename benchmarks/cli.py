@@ -12,9 +12,7 @@ import importlib.util
 import json
 import os
 import platform
-import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
@@ -32,7 +30,10 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--repeats", type=int, default=None, help="timed runs (20; quick 3)")
     p.add_argument(
-        "--train-repeats", type=int, default=None, help="timed train steps (default --repeats)"
+        "--train-repeats",
+        type=int,
+        default=None,
+        help="timed train steps (default --repeats)",
     )
     p.add_argument("--out-dir", default="bench_out")
     p.add_argument(
@@ -45,47 +46,29 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=1800, help="per subprocess, s")
     p.add_argument("--worker", choices=("torch", "memory"), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
-    p.add_argument("--out", help=argparse.SUPPRESS)
     return p
 
 
 def _worker(args) -> None:
-    spec = json.loads(args.spec)
     if args.worker == "torch":
         from benchmarks import torch_side
 
-        result = torch_side.run(spec)
-    else:
-        from benchmarks import memory
+        torch_side.serve()
+        return
+    from benchmarks import memory
 
-        result = memory.worker(spec)
-    text = json.dumps(result)
-    if args.out:
-        Path(args.out).write_text(text)
-    else:
-        print(text)
+    print(json.dumps(memory.worker(json.loads(args.spec))))
 
 
-def _run_torch(script: str, spec: dict, timeout: float) -> dict:
-    """The torch side in a subprocess; {"error": ...} if it fails or is absent."""
-    if importlib.util.find_spec("torch") is None:
-        return {"error": "torch is not installed"}
-    with tempfile.TemporaryDirectory() as tmp:
-        out = Path(tmp) / "torch.json"
-        cmd = [sys.executable, script, "--worker", "torch", "--spec", json.dumps(spec)]
+def _with_torch_fallback(bench, case, repeats, worker, results, log) -> dict:
+    """`bench(case, repeats, worker)`; on a torch failure, again without torch."""
+    if worker is not None and "torch_error" not in results["meta"]:
         try:
-            proc = subprocess.run(
-                cmd + ["--out", str(out)],
-                capture_output=True,
-                text=True,
-                timeout=timeout,
-                check=False,
-            )
-        except subprocess.TimeoutExpired:
-            return {"error": f"torch worker timed out after {timeout:.0f} s"}
-        if proc.returncode != 0 or not out.exists():
-            return {"error": f"torch worker failed: {proc.stderr.strip()[-800:]}"}
-        return json.loads(out.read_text())
+            return bench(case, repeats, worker)
+        except RuntimeError as err:
+            log(f"torch side failed, continuing without it: {err}")
+            results["meta"]["torch_error"] = str(err)
+    return bench(case, repeats)
 
 
 def main(argv=None, script: str | None = None) -> dict:
@@ -96,7 +79,7 @@ def main(argv=None, script: str | None = None) -> dict:
         return {}
     import jax
 
-    from benchmarks import cases, jax_side, memory, report
+    from benchmarks import cases, jax_side, memory, remote, report
 
     sections = args.only or list(SECTIONS)
     repeats = args.repeats or (3 if args.quick else 20)
@@ -105,7 +88,9 @@ def main(argv=None, script: str | None = None) -> dict:
     out_dir.mkdir(parents=True, exist_ok=True)
     results: dict = {
         "meta": {
-            "command": " ".join(["python", "experiments/bench.py", *(argv or sys.argv[1:])]),
+            "command": " ".join(
+                ["python", "experiments/bench.py", *(argv or sys.argv[1:])]
+            ),
             "jax": jax.__version__,
             "backend": jax.default_backend(),
             "platform": platform.platform(),
@@ -124,40 +109,34 @@ def main(argv=None, script: str | None = None) -> dict:
     def log(msg):
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
-    if op_cases:
-        results["ops"] = {}
-        for case in op_cases:
-            log(f"ops: {case['name']}")
-            results["ops"][case["name"]] = {
-                "case": case,
-                "jax": jax_side.bench_op(case, repeats),
-            }
-    if train_cases:
-        results["train"] = {}
-        for case in train_cases:
-            log(f"train: {case['model']}")
-            results["train"][case["model"]] = {
-                "case": case,
-                "jax": jax_side.bench_train(case, train_repeats),
-            }
+    worker = None
     if (op_cases or train_cases) and not args.no_torch:
-        log("torch worker")
-        spec = {
-            "ops": op_cases,
-            "train": train_cases,
-            "repeats": repeats,
-            "train_repeats": train_repeats,
-            "threads": args.threads,
-        }
-        torch_out = _run_torch(script, spec, args.timeout)
-        results["meta"]["torch"] = torch_out.get("torch_version", "absent")
-        if "error" in torch_out:
-            log(torch_out["error"])
-            results["meta"]["torch_error"] = torch_out["error"]
-        for name, entry in torch_out.get("ops", {}).items():
-            results["ops"][name]["torch"] = entry
-        for name, entry in torch_out.get("train", {}).items():
-            results["train"][name]["torch"] = entry
+        try:
+            worker = remote.TorchWorker(script, args.threads)
+            results["meta"]["torch"] = worker.version
+        except RuntimeError as err:
+            log(f"no torch side: {err}")
+            results["meta"]["torch_error"] = str(err)
+    try:
+        if op_cases:
+            results["ops"] = {}
+            for case in op_cases:
+                log(f"ops: {case['name']}")
+                entry = _with_torch_fallback(
+                    jax_side.bench_op, case, repeats, worker, results, log
+                )
+                results["ops"][case["name"]] = {"case": case, **entry}
+        if train_cases:
+            results["train"] = {}
+            for case in train_cases:
+                log(f"train: {case['model']}")
+                entry = _with_torch_fallback(
+                    jax_side.bench_train, case, train_repeats, worker, results, log
+                )
+                results["train"][case["model"]] = {"case": case, **entry}
+    finally:
+        if worker is not None:
+            worker.close()
     if "memory" in sections:
         log("memory: residual bytes")
         residuals = {

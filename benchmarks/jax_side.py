@@ -40,12 +40,27 @@ def _compile_seconds(jitted, *args) -> float:
     return time.perf_counter() - start
 
 
-def bench_op(case: dict, repeats: int) -> dict:
-    """Times each requested part of one op case for both grad modes, interleaved.
+# Sleep before each timed call when torch takes part: both frameworks' thread
+# pools spin for a moment after their work, which would bill the next variant.
+SETTLE_S = 0.005
+
+
+def _split(times: dict, torch_fns: dict) -> tuple[dict, dict]:
+    jax_times = {k: v for k, v in times.items() if k not in torch_fns}
+    return jax_times, {k: v for k, v in times.items() if k in torch_fns}
+
+
+def bench_op(case: dict, repeats: int, torch_worker=None) -> dict:
+    """Times each requested part of one op case for both grad modes, interleaved,
+    and for PyTorch too when a `remote.TorchWorker` is given.
 
     Parts: "fwd" (jit of the op), "bwd" (jit of the VJP function returned by
     `jax.vjp`, applied to a random cotangent: the backward alone, residuals
     precomputed) and "fwdbwd" (jit of `jax.vjp` plus the pullback in one call).
+
+    Returns:
+      {"jax": {"times", "compile_s"}, "torch": {"times"}} ("torch" only with a
+      worker).
     """
     arrays = _inputs(case)
     out_shape = jax.eval_shape(op_fn(case, "custom"), *arrays).shape
@@ -71,8 +86,18 @@ def bench_op(case: dict, repeats: int) -> dict:
             both = jax.jit(step)
             compile_s[f"fwdbwd/{grad}"] = _compile_seconds(both, g, *arrays)
             fns[f"fwdbwd/{grad}"] = lambda both=both: both(g, *arrays)
-    times = timing.interleaved(fns, repeats=repeats, sync=jax.block_until_ready)
-    return {"times": times, "compile_s": compile_s}
+    torch_fns = torch_worker.callables("op", case) if torch_worker else {}
+    times = timing.interleaved(
+        {**fns, **torch_fns},
+        repeats=repeats,
+        sync=jax.block_until_ready,
+        settle=SETTLE_S if torch_fns else 0.0,
+    )
+    jax_times, torch_times = _split(times, torch_fns)
+    out = {"jax": {"times": jax_times, "compile_s": compile_s}}
+    if torch_fns:
+        out["torch"] = {"times": torch_times}
+    return out
 
 
 def residual_bytes(case: dict) -> dict:
@@ -89,7 +114,9 @@ def residual_bytes(case: dict) -> dict:
     out = {}
     for grad in GRADS:
         _, pullback = jax.vjp(op_fn(case, grad), *arrays)
-        leaves = [x for x in jax.tree_util.tree_leaves(pullback) if hasattr(x, "nbytes")]
+        leaves = [
+            x for x in jax.tree_util.tree_leaves(pullback) if hasattr(x, "nbytes")
+        ]
         total = sum(int(x.nbytes) for x in leaves)
         inputs = sum(
             int(x.nbytes)
@@ -173,8 +200,9 @@ def train_batch(input_shape):
     return x, y
 
 
-def bench_train(case: dict, repeats: int) -> dict:
-    """Times one train step per grad mode, interleaved; reports images/s too."""
+def bench_train(case: dict, repeats: int, torch_worker=None) -> dict:
+    """Times one train step per grad mode (and torch's, given a worker),
+    interleaved; reports images/s too. Returns the layout of `bench_op`."""
     shape = case["input"]
     model = build_model(case["model"])
     batch = train_batch(shape)
@@ -191,7 +219,20 @@ def bench_train(case: dict, repeats: int) -> dict:
         return run
 
     fns = {grad: runner(grad) for grad in GRADS}
-    times = timing.interleaved(fns, repeats=repeats, sync=jax.block_until_ready)
+    torch_fns = {}
+    if torch_worker:
+        (step,) = torch_worker.callables("train", case).values()
+        torch_fns = {"torch": step}
+    times = timing.interleaved(
+        {**fns, **torch_fns},
+        repeats=repeats,
+        sync=jax.block_until_ready,
+        settle=SETTLE_S if torch_fns else 0.0,
+    )
     for stats in times.values():
         stats["images_per_s"] = shape[0] / (stats["median_ms"] / 1e3)
-    return {"times": times, "compile_s": compile_s}
+    jax_times, torch_times = _split(times, torch_fns)
+    out = {"jax": {"times": jax_times, "compile_s": compile_s}}
+    if torch_fns:
+        out["torch"] = {"times": torch_times}
+    return out

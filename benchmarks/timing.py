@@ -2,7 +2,9 @@
 
 The variants of one comparison run round-robin (A, B, A, B, ...) after warm-up, so
 that load from other processes on a shared machine hits them alike and their ratio
-stays meaningful even when the absolute times drift.
+stays meaningful even when the absolute times drift. A variant may run in another
+process (PyTorch): it is then a `SelfTimed` callable that returns its own
+measured seconds.
 """
 
 from __future__ import annotations
@@ -27,12 +29,23 @@ def summarize(seconds: list[float]) -> dict:
     }
 
 
+class SelfTimed:
+    """Wraps a callable that runs one iteration elsewhere and returns its seconds."""
+
+    def __init__(self, fn: Callable[[], float]):
+        self.fn = fn
+
+    def __call__(self) -> float:
+        return self.fn()
+
+
 def interleaved(
     fns: dict[str, Callable[[], object]],
     *,
     repeats: int,
     warmup: int = 2,
     sync: Callable[[object], object] = lambda out: out,
+    settle: float = 0.0,
 ) -> dict[str, dict]:
     """Time each zero-argument callable `repeats` times, round-robin.
 
@@ -42,6 +55,8 @@ def interleaved(
       warmup: untimed iterations per callable first (compilation, caches).
       sync: applied to each result before the clock stops, e.g.
         `jax.block_until_ready`.
+      settle: seconds to sleep before each timed call, so that thread pools of
+        the previous variant (which spin a while after their work) are idle.
 
     Returns:
       name -> `summarize` of its times.
@@ -52,6 +67,11 @@ def interleaved(
     times: dict[str, list[float]] = {name: [] for name in fns}
     for _ in range(repeats):
         for name, fn in fns.items():
+            if settle:
+                time.sleep(settle)
+            if isinstance(fn, SelfTimed):
+                times[name].append(fn())
+                continue
             start = time.perf_counter()
             sync(fn())
             times[name].append(time.perf_counter() - start)

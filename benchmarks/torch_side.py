@@ -1,18 +1,21 @@
-"""PyTorch (CPU, eager) measurements of the same cases, run in a worker subprocess.
+"""PyTorch (CPU, eager) versions of the same cases, served from a worker subprocess.
 
 Kept out of the JAX process on purpose: torch and jax in one process have caused
-heap-corruption aborts in long loops here. Imported only by the worker.
+heap-corruption aborts in long loops here. Imported only by the worker, which
+`serve` runs: it reads one JSON command per line on stdin and answers one JSON
+line on stdout, so the JAX process can interleave torch iterations with its own
+(see `benchmarks.remote`).
 """
 
 from __future__ import annotations
 
+import json
+import sys
 import time
 
 import torch
 import torch.nn as nn
 import torch.nn.functional as F
-
-from benchmarks import timing
 
 
 def _inputs(case: dict) -> list:
@@ -37,7 +40,8 @@ def op_fn(case: dict):
     return lambda x: F.avg_pool2d(x, case["window"], **kw)
 
 
-def bench_op(case: dict, repeats: int) -> dict:
+def op_callables(case: dict) -> dict:
+    """ "{part}/torch" -> callable running one iteration of that part."""
     arrays = _inputs(case)
     f = op_fn(case)
     with torch.no_grad():
@@ -51,11 +55,12 @@ def bench_op(case: dict, repeats: int) -> dict:
 
         fns["fwd/torch"] = fwd
     if "bwd" in case["parts"]:
+        # The graph is built once; each call runs only the backward.
         y = f(*arrays)
         fns["bwd/torch"] = lambda: torch.autograd.grad(y, arrays, g, retain_graph=True)
     if "fwdbwd" in case["parts"]:
         fns["fwdbwd/torch"] = lambda: torch.autograd.grad(f(*arrays), arrays, g)
-    return {"times": timing.interleaved(fns, repeats=repeats)}
+    return fns
 
 
 def build_model(name: str, input_shape, num_classes: int = 10) -> nn.Module:
@@ -115,23 +120,40 @@ def make_step(name: str, input_shape):
     return step
 
 
-def bench_train(case: dict, repeats: int) -> dict:
-    shape = case["input"]
-    step = make_step(case["model"], shape)
-    start = time.perf_counter()
-    step()
-    first_s = time.perf_counter() - start
-    times = timing.interleaved({"torch": step}, repeats=repeats)
-    times["torch"]["images_per_s"] = shape[0] / (times["torch"]["median_ms"] / 1e3)
-    return {"times": times, "first_step_s": first_s}
+def serve() -> None:
+    """Worker loop. Commands (one JSON object per line):
 
-
-def run(spec: dict) -> dict:
-    """Worker entry: every op and train case of `spec`, with its thread count."""
-    torch.set_num_threads(spec["threads"])
-    out = {"torch_version": torch.__version__, "threads": spec["threads"]}
-    out["ops"] = {c["name"]: bench_op(c, spec["repeats"]) for c in spec["ops"]}
-    out["train"] = {
-        c["model"]: bench_train(c, spec["train_repeats"]) for c in spec["train"]
-    }
-    return out
+    {"cmd": "threads", "n": 2}; {"cmd": "op", "case": {...}} and
+    {"cmd": "train", "case": {...}}, which prepare callables and answer their keys;
+    {"cmd": "time", "key": k}, which runs one iteration and answers its seconds;
+    {"cmd": "quit"}. Errors are answered as {"error": "..."}.
+    """
+    proto, sys.stdout = sys.stdout, sys.stderr  # stray prints must not break it
+    fns: dict = {}
+    for line in sys.stdin:
+        msg = json.loads(line)
+        cmd = msg["cmd"]
+        try:
+            if cmd == "quit":
+                break
+            if cmd == "threads":
+                torch.set_num_threads(msg["n"])
+                reply = {"version": torch.__version__}
+            elif cmd == "op":
+                new = op_callables(msg["case"])
+                fns.update({f"{msg['case']['name']}|{k}": fn for k, fn in new.items()})
+                reply = {"keys": [f"{msg['case']['name']}|{k}" for k in new]}
+            elif cmd == "train":
+                key = f"train|{msg['case']['model']}"
+                fns[key] = make_step(msg["case"]["model"], msg["case"]["input"])
+                reply = {"keys": [key]}
+            elif cmd == "time":
+                start = time.perf_counter()
+                fns[msg["key"]]()
+                reply = {"s": time.perf_counter() - start}
+            else:
+                reply = {"error": f"unknown command {cmd!r}"}
+        except Exception as err:  # reported to the parent, which carries on
+            reply = {"error": f"{type(err).__name__}: {err}"}
+        proto.write(json.dumps(reply) + "\n")
+        proto.flush()

@@ -46,5 +46,13 @@ from funcnn.models import vgg_small as vgg_small
 from funcnn.ops import avg_pool2d as avg_pool2d
 from funcnn.ops import conv2d as conv2d
 from funcnn.ops import max_pool2d as max_pool2d
+from funcnn.optim import learning_rate as learning_rate
+from funcnn.optim import make_optimizer as make_optimizer
+from funcnn.optim import make_schedule as make_schedule
+from funcnn.train import TrainState as TrainState
+from funcnn.train import create_train_state as create_train_state
+from funcnn.train import evaluate as evaluate
+from funcnn.train import make_eval_step as make_eval_step
+from funcnn.train import make_train_step as make_train_step
 
 __version__ = "0.1.0"

@@ -151,15 +151,16 @@ def Concat(axis: int = 1) -> Layer:
     def init(key, input_shape):
         del key
         shapes = [tuple(s) for s in input_shape]
-        rest = {s[:axis] + s[axis + 1 :] for s in shapes}
+        ax = axis % len(shapes[0])
+        rest = {s[:ax] + s[ax + 1 :] for s in shapes}
         if len(rest) != 1:
             raise ValueError(
                 f"Concat: expected inputs that agree on every axis but {axis}, got "
                 f"shapes {shapes}."
             )
-        total = sum(s[axis] for s in shapes)
+        total = sum(s[ax] for s in shapes)
         first = shapes[0]
-        return first[:axis] + (total,) + first[axis + 1 :], {}, {}
+        return first[:ax] + (total,) + first[ax + 1 :], {}, {}
 
     def apply(params, state, xs, **_):
         del params
@@ -189,9 +190,10 @@ def Split(sections: int | Sequence[int], axis: int = 1) -> Layer:
 
     def init(key, input_shape):
         del key
-        sizes = sizes_for(input_shape[axis])
+        ax = axis % len(input_shape)
+        sizes = sizes_for(input_shape[ax])
         return (
-            tuple(input_shape[:axis] + (s,) + input_shape[axis + 1 :] for s in sizes),
+            tuple(input_shape[:ax] + (s,) + input_shape[ax + 1 :] for s in sizes),
             {},
             {},
         )

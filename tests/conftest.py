@@ -49,6 +49,15 @@ np.savez(sys.argv[2], **out)
 """
 
 
+def pytest_collection_modifyitems(items):
+    # When a hypothesis test fails, its pytest plugin touches the deprecated
+    # mypy_extensions.TypedDict while reporting; with filterwarnings = error that
+    # becomes an INTERNALERROR which hides the falsifying example.
+    ignore = "ignore:mypy_extensions.TypedDict is deprecated:DeprecationWarning"
+    for item in items:
+        item.add_marker(pytest.mark.filterwarnings(ignore))
+
+
 @pytest.fixture
 def run_torch(tmp_path):
     """Run `body` under torch in a subprocess and return the arrays it saved.

@@ -79,10 +79,10 @@ def test_losses_under_jit_equal_eager():
     logits = jnp.asarray(rng.standard_normal((8, 5)))
     labels = jnp.asarray(rng.integers(0, 5, 8))
     for fn in (softmax_cross_entropy, accuracy):
-        np.testing.assert_allclose(jax.jit(fn)(logits, labels), fn(logits, labels),
-                                   rtol=1e-15)  # fmt: skip
-    np.testing.assert_allclose(jax.jit(mse)(logits, 2 * logits), mse(logits, 2 * logits),
-                               rtol=1e-15)  # fmt: skip
+        got = jax.jit(fn)(logits, labels)
+        np.testing.assert_allclose(got, fn(logits, labels), rtol=1e-15)
+    got = jax.jit(mse)(logits, 2 * logits)
+    np.testing.assert_allclose(got, mse(logits, 2 * logits), rtol=1e-15)
 
 
 LOGITS = jnp.zeros((4, 3))

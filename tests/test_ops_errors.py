@@ -242,8 +242,8 @@ def test_error_message(name, fn, args, err, message, how):
 @pytest.mark.parametrize("fn", [conv(), maxp()], ids=["conv2d", "max_pool2d"])
 def test_non_array_input(fn):
     args = ([[1.0, 2.0]], W) if fn.func is ops.conv2d else ([[1.0, 2.0]],)
-    name = fn.func.__name__
-    with pytest.raises(TypeError, match=re.escape(f"{name}: expected x to be an array, got list.")):  # fmt: skip
+    message = f"{fn.func.__name__}: expected x to be an array, got list."
+    with pytest.raises(TypeError, match=re.escape(message)):
         fn(*args)
 
 

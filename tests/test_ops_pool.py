@@ -21,9 +21,29 @@ from funcnn.ops import pool
 
 GRADS = ("custom", "autodiff")
 OPS = {"max": ops.max_pool2d, "avg": ops.avg_pool2d}
-# Compiling dominates these tests (each hypothesis example is a new shape). LLVM's
-# optimisation level does not change IEEE results, so the sweeps compile at -O0.
-fast_jit = partial(jax.jit, compiler_options={"xla_backend_optimization_level": 0})
+
+
+def _fast_compile_options():
+    """XLA:CPU options that cut compile time 2-5x without changing what is computed.
+
+    Compiling dominates the sweeps (every hypothesis example is a new shape). LLVM's
+    optimisation level and the choice of fusion emitter change speed, not IEEE
+    results; the HLO passes, where jax's conv VJP crashes, run as usual. Options a
+    future jaxlib drops fall back to the defaults.
+    """
+    for options in (
+        {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
+        {"xla_backend_optimization_level": 0},
+    ):
+        try:
+            jax.jit(jnp.sin, compiler_options=options).lower(1.0).compile()
+        except Exception:  # an unknown option: try the next set
+            continue
+        return options
+    return None
+
+
+fast_jit = partial(jax.jit, compiler_options=_fast_compile_options())
 
 
 def assert_close(actual, expected, rtol):
@@ -121,10 +141,10 @@ def np_pool(cfg, x, g):
                         dx[:, :, r, q] += np.where(first == t, g[:, :, i, j], 0.0)
                 continue
             if include_pad:
+                (top, bottom), (left, right) = pads
                 count = sum(
-                    -pads[0][0] <= r < h + pads[0][1] and -pads[1][0] <= q < w + pads[1][1]
-                    for r, q in taps
-                )  # fmt: skip
+                    -top <= r < h + bottom and -left <= q < w + right for r, q in taps
+                )
             else:
                 count = sum(inside)
             for (r, q), ok in zip(taps, inside):
@@ -237,8 +257,8 @@ def _sweep(op, examples, dtype, rtol, with_numpy):
 
 test_max_custom_matches_autodiff_f64 = _sweep("max", 100, jnp.float64, 1e-10, True)
 test_avg_custom_matches_autodiff_f64 = _sweep("avg", 100, jnp.float64, 1e-10, True)
-test_max_custom_matches_autodiff_f32 = _sweep("max", 20, jnp.float32, 1e-5, False)
-test_avg_custom_matches_autodiff_f32 = _sweep("avg", 20, jnp.float32, 1e-5, False)
+test_max_custom_matches_autodiff_f32 = _sweep("max", 15, jnp.float32, 1e-5, False)
+test_avg_custom_matches_autodiff_f32 = _sweep("avg", 15, jnp.float32, 1e-5, False)
 test_max_custom_matches_autodiff_f64_slow = pytest.mark.slow(
     _sweep("max", 1000, jnp.float64, 1e-10, True)
 )
@@ -403,6 +423,15 @@ def test_max_ties_go_to_first_in_row_major_window_order():
         np.testing.assert_array_equal(dx, [[3, 0, 0], [0, 0, 0], [0, 0, 0]])
 
 
+def test_max_nan_propagates_and_takes_the_delta():
+    """A NaN wins its windows (as in PyTorch): forward NaN, its delta to the NaN."""
+    x = jnp.array([[[[1.0, np.nan, 0.0], [3.0, 2.0, 5.0], [0.0, 1.0, 2.0]]]])
+    f = jax.jit(partial(_y_and_dx, partial(ops.max_pool2d, window=2, stride=1)))
+    y, dx = f(x, G22)
+    np.testing.assert_array_equal(y[0, 0], [[np.nan, np.nan], [3.0, 5.0]])
+    np.testing.assert_array_equal(dx[0, 0], [[0, 1 + 2, 0], [3, 0, 4], [0, 0, 0]])
+
+
 def test_avg_hand_spreads_evenly():
     x = jnp.arange(9.0).reshape(1, 1, 3, 3)
     for _, y, dx in vjp_both(partial(ops.avg_pool2d, window=2, stride=1), x, G22):
@@ -564,7 +593,7 @@ JIT_CFGS = [
 
 
 @pytest.mark.parametrize("mode", GRADS)
-@pytest.mark.parametrize("cfg", JIT_CFGS)
+@pytest.mark.parametrize("cfg", [JIT_CFGS[0], JIT_CFGS[2]])
 def test_jit_equals_eager(cfg, mode):
     x, g = make_args(cfg, jnp.float64, 16)
     f = partial(OPS[cfg.op], grad=mode, **cfg.kw)

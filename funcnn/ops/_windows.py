@@ -11,7 +11,7 @@ phase need only whole-row shifts (plain pads) to line up on a grid of blocks; th
 S*S phase grids are then interleaved by one stack and reshape. Every output element
 sums only the ceil(K/S)**2 taps that can reach it, with no interior padding. For
 non-overlapping windows (S == K) each phase holds exactly one tap, and the whole
-transpose is one broadcast and reshape.
+transpose is a single stack and reshape.
 """
 
 from __future__ import annotations
@@ -79,8 +79,10 @@ def place_taps(parts: Iterable[tuple[tuple[int, int], object]], cfg: WindowConfi
     dtype = parts[0][1].dtype
     stride, out_hw = cfg.stride, cfg.out_hw
     # Tap offset D*k = S*q + r: phase r, shift q block rows; span of block rows.
-    split = [[divmod(k * cfg.dilation[i], stride[i]) for k in range(cfg.window[i])]
-             for i in range(2)]
+    split = [
+        [divmod(k * cfg.dilation[i], stride[i]) for k in range(cfg.window[i])]
+        for i in range(2)
+    ]
     shifts = [max(q for q, _ in split[i]) for i in range(2)]
     grid = tuple(out_hw[i] + shifts[i] for i in range(2))
     phases: dict[tuple[int, int], object] = {}
@@ -90,7 +92,12 @@ def place_taps(parts: Iterable[tuple[tuple[int, int], object]], cfg: WindowConfi
             part = lax.pad(
                 part,
                 jnp.zeros((), dtype),
-                ((0, 0, 0), (0, 0, 0), (qh, shifts[0] - qh, 0), (qw, shifts[1] - qw, 0)),
+                (
+                    (0, 0, 0),
+                    (0, 0, 0),
+                    (qh, shifts[0] - qh, 0),
+                    (qw, shifts[1] - qw, 0),
+                ),
             )
         key = (rh, rw)
         phases[key] = part if key not in phases else phases[key] + part

@@ -1,0 +1,87 @@
+"""Smoke test of the benchmark script: it runs end to end and writes its outputs.
+
+No timing assertions: the numbers only have to exist and be finite.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SCRIPT = ROOT / "experiments" / "bench.py"
+
+
+def _finite(x) -> bool:
+    return isinstance(x, (int, float)) and math.isfinite(x)
+
+
+@pytest.fixture(scope="module")
+def quick_run(tmp_path_factory):
+    out = tmp_path_factory.mktemp("bench")
+    proc = subprocess.run(
+        [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=ROOT,
+        check=False,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return out, proc.stdout
+
+
+def test_writes_json_markdown_and_png(quick_run):
+    out, stdout = quick_run
+    for name in ("results.json", "results.md", "bench.png"):
+        assert (out / name).stat().st_size > 0, name
+    assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert "## Targets" in stdout
+
+
+def test_every_section_has_numbers(quick_run):
+    out, _ = quick_run
+    results = json.loads((out / "results.json").read_text())
+    assert results["ops"] and results["train"] and results["memory"]
+    for entry in results["ops"].values():
+        times = entry["jax"]["times"]
+        for part in entry["case"]["parts"]:
+            for grad in ("custom", "autodiff"):
+                assert _finite(times[f"{part}/{grad}"]["median_ms"])
+    for entry in results["train"].values():
+        for grad in ("custom", "autodiff"):
+            stats = entry["jax"]["times"][grad]
+            assert _finite(stats["median_ms"]) and _finite(stats["images_per_s"])
+    memory = results["memory"]
+    for res in memory["residuals"].values():
+        assert _finite(res["custom"]["total_bytes"])
+        assert _finite(res["autodiff"]["total_bytes"])
+    assert any(_finite(row.get("peak_mb")) for row in memory["peak"])
+    for row in results["targets"]:
+        assert row["result"] in ("PASS", "FAIL", "n/a")
+
+
+def test_torch_side_when_available(quick_run):
+    pytest.importorskip("torch")
+    out, _ = quick_run
+    results = json.loads((out / "results.json").read_text())
+    assert "torch_error" not in results["meta"], results["meta"].get("torch_error")
+    for entry in results["ops"].values():
+        assert _finite(entry["torch"]["times"]["fwdbwd/torch"]["median_ms"])
+    for entry in results["train"].values():
+        assert _finite(entry["torch"]["times"]["torch"]["images_per_s"])
+
+
+def test_markdown_tables_match_json(quick_run):
+    out, _ = quick_run
+    text = (out / "results.md").read_text()
+    results = json.loads((out / "results.json").read_text())
+    for name in results["ops"]:
+        assert name in text
+    for model in results["train"]:
+        assert f"| {model} |" in text
