@@ -203,8 +203,9 @@ def markdown(results: dict) -> str:
         f"{meta.get('loadavg_end', '?')}, XLA_FLAGS={meta['xla_flags']!r}"
         + (" (quick grid: ratios not meaningful)" if meta["quick"] else ""),
         "",
-        "Times are medians in ms with the inter-quartile range in brackets. JAX "
-        "variants run interleaved in one process; torch runs in a subprocess.",
+        "Times are medians in ms with the inter-quartile range in brackets. All "
+        "variants of a row run round-robin; torch runs in a worker subprocess, one "
+        "request per iteration, timed inside the worker.",
         "",
     ]
     if results.get("ops"):

@@ -39,7 +39,6 @@ from funcnn import (
     Layer,
     MaxPool2D,
     Relu,
-    plots,
     serial,
 )
 from funcnn.checkpoint import CheckpointManager
@@ -82,14 +81,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data-dir", help="directory of the files (the .npz for npz)")
     p.add_argument("--split-seed", type=int, default=0, help="train/test split seed")
     p.add_argument("--model", choices=("lenet", "vgg"), default="lenet")
-    p.add_argument("--width", type=int, default=4, help="LeNet filter multiplier")
+    p.add_argument("--width", type=int, default=6, help="LeNet filter multiplier")
     p.add_argument("--grad", choices=("custom", "autodiff"), default="custom")
     p.add_argument(
         "--optimizer",
         choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"),
         default="adam",
     )
-    p.add_argument("--lr", type=float, default=1e-3, help="peak learning rate")
+    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
     p.add_argument(
         "--schedule", choices=("constant", "cosine", "step"), default="cosine"
     )
@@ -560,6 +559,8 @@ def run(args: argparse.Namespace, stop: dict) -> int:
 
 
 def write_plots(out_dir: Path, layers: list, state, image, grad: str) -> None:
+    from funcnn import plots  # matplotlib loads only when plots are wanted
+
     records = [
         json.loads(line)
         for line in (out_dir / "metrics.jsonl").read_text().splitlines()

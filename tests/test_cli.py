@@ -325,6 +325,6 @@ def test_layer_lists_rebuild_the_library_models(cli, name, builder, kwargs):
     for a, b in zip(jax.tree.leaves(params_a), jax.tree.leaves(params_b)):
         np.testing.assert_array_equal(a, b)
     x = jax.random.normal(jax.random.PRNGKey(1), shape, jnp.float32)
-    ya, _ = ours.apply(params_a, state_a, x)
-    yb, _ = theirs.apply(params_b, state_b, x)
+    ya, _ = jax.jit(ours.apply)(params_a, state_a, x)
+    yb, _ = jax.jit(theirs.apply)(params_b, state_b, x)
     np.testing.assert_array_equal(ya, yb)
