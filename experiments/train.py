@@ -39,6 +39,8 @@ from funcnn import (
     Layer,
     MaxPool2D,
     Relu,
+    cluster,
+    distributed,
     serial,
 )
 from funcnn.checkpoint import CheckpointManager
@@ -115,6 +117,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
     p.add_argument("--no-plots", action="store_true")
     p.add_argument("--no-progress", action="store_true")
+    cluster.add_cli_arguments(p)
     return p
 
 
@@ -398,6 +401,21 @@ def run(args: argparse.Namespace, stop: dict) -> int:
             "another --out-dir"
         )
     try:
+        # Before any other JAX call: joins the other processes, if any.
+        mesh = cluster.setup_from_args(args)
+        if mesh is not None:
+            distributed.check_batch(args.batch_size, mesh, func="--batch-size")
+            distributed.check_batch(
+                args.eval_batch_size, mesh, func="--eval-batch-size"
+            )
+    except (ValueError, RuntimeError, TimeoutError) as err:
+        return fail(str(err))
+    if jax.process_index() > 0:
+        # Every process computes the same replicated state; process 0 owns the run
+        # directory, the others keep their own copy beside it.
+        out_dir = out_dir / f"process{jax.process_index()}"
+        args.no_progress = True
+    try:
         ds = load_dataset(args.dataset, args.data_dir, seed=args.split_seed)
     except (OSError, ValueError, TypeError) as err:
         return fail(str(err))
@@ -462,9 +480,19 @@ def run(args: argparse.Namespace, stop: dict) -> int:
     (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
 
     train_step = make_train_step(
-        model, optimizer, grad=args.grad, label_smoothing=args.label_smoothing
+        model,
+        optimizer,
+        grad=args.grad,
+        label_smoothing=args.label_smoothing,
+        jit=mesh is None,
     )
-    eval_step = make_eval_step(model, grad=args.grad)
+    eval_step = make_eval_step(model, grad=args.grad, jit=mesh is None)
+    if mesh is not None:
+        # Batch split over the mesh's "data" axis, state replicated; gradients and
+        # BatchNorm statistics come out over the global batch.
+        train_step = distributed.data_parallel(train_step, mesh)
+        eval_step = distributed.data_parallel(eval_step, mesh, donate=False)
+        state = distributed.replicate(state, mesh)
     log = RunLog(metrics_path, **progress)
     step = int(state.step)
     last_step = min(total_steps, args.max_steps or total_steps)

@@ -497,5 +497,38 @@ def test_cli_arguments():
         parallel.select_devices(too_many)
 
 
+def _train_cli(out_dir, *flags, devices=1):
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py")]
+    cmd += ["--out-dir", str(out_dir), "--no-plots", "--no-progress", *flags]
+    return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
+
+
+def test_train_cli_on_two_devices_matches_one(tmp_path):
+    # The main job with --devices 2 logs the same losses as on one device.
+    flags = ("--max-steps", "6", "--log-every", "2", "--eval-batch-size", "100")
+    one = _train_cli(tmp_path / "one", *flags)
+    two = _train_cli(tmp_path / "two", *flags, "--devices", "2", devices=2)
+    assert one.returncode == 0, one.stderr
+    assert two.returncode == 0, two.stderr
+
+    def losses(run):
+        lines = (tmp_path / run / "metrics.jsonl").read_text().splitlines()
+        return [json.loads(line)["loss"] for line in lines]
+
+    assert len(losses("one")) == 3
+    np.testing.assert_allclose(losses("two"), losses("one"), rtol=0, atol=1e-5)
+
+
+def test_train_cli_rejects_a_batch_that_does_not_divide(tmp_path):
+    run = _train_cli(
+        tmp_path / "bad", "--devices", "2", "--batch-size", "31", devices=2
+    )
+    assert run.returncode != 0
+    assert "divisible by the 2 devices" in run.stderr, run.stderr
+    assert "Traceback" not in run.stderr
+
+
 if __name__ == "__main__":
     _main(sys.argv[1:])

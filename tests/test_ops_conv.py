@@ -145,10 +145,19 @@ def make_cfg(x_shape, w_shape, bias=True, **kw):
 
 
 def autodiff_safe(cfg):
-    """jax's own VJP of lax.conv_general_dilated aborts the process on CPU when the
-    kernel has more taps than the output has positions and the stride is > 1."""
+    """Whether XLA:CPU can compile the input gradient of this conv.
+
+    With a stride > 1, XLA's algebraic simplifier may swap the operands of the
+    gradient's convolution and then abort the process ("Window dimensions do not
+    match RHS shape"). It happens when the kernel has more taps than the output has
+    positions (oh*ow < kh*kw), and also in rarer configs where that product test
+    passes but one axis alone is short (oh < kh or ow < kw), e.g. x (2, 2, 8, 2),
+    w (2, 1, 2, 2), groups 2, stride (2, 3), padding 1. No crash was seen in 1,000
+    compiled configs outside this per-axis region, so the sweeps leave it out.
+    """
     stride, _, _, out = cfg.geometry()
-    return out[0] * out[1] >= cfg.w_shape[2] * cfg.w_shape[3] or stride == (1, 1)
+    short = out[0] < cfg.w_shape[2] or out[1] < cfg.w_shape[3]
+    return stride == (1, 1) or not short
 
 
 ints = st.integers
@@ -295,7 +304,9 @@ CRASH_CFG = make_cfg(
 @st.composite
 def tiny_output_configs(draw):
     """Configs whose output has fewer positions than the kernel has taps, stride>1:
-    the region the autodiff sweeps must leave out."""
+    the bulk of the region the autodiff sweeps leave out, and the one where
+    conv2d_input_grad sidesteps the crash (the rest is test_gap_config_first_order).
+    """
     cfg = draw(conv_configs(max_hw=5))
     k = draw(ints(2, 4))
     stride = (draw(ints(2, 3)), draw(ints(1, 3)))
@@ -330,19 +341,23 @@ def test_crash_config_finite_differences():
     check_grads(f, (x, w, b), order=1, modes=["rev"])
 
 
-_SECOND_ORDER_SCRIPT = """
+_SCRIPT_PRELUDE = """
 import jax, jax.numpy as jnp, numpy as np
 from jax.test_util import check_grads
 jax.config.update("jax_enable_x64", True)
 from funcnn import ops
 rng = np.random.default_rng(1)
-x, w = rng.standard_normal((1, 1, 6, 2)), rng.standard_normal((1, 1, 2, 3))
-f = lambda x, w: ops.conv2d(
-    x, w, stride=2, padding=((1, 2), (1, 2)), dilation=(1, 2), grad="custom"
-)
-check_grads(f, (x, w), order=2, modes=["rev"])
-print("ok")
 """
+
+
+def run_isolated(tmp_path, body):
+    """Run `body` in a fresh interpreter: the failures here abort the process."""
+    script = tmp_path / "isolated.py"
+    script.write_text(_SCRIPT_PRELUDE + textwrap.dedent(body))
+    proc = subprocess.run(
+        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    )
+    assert proc.returncode == 0, proc.stderr[:1500]
 
 
 @pytest.mark.xfail(
@@ -352,13 +367,35 @@ print("ok")
     "same tiny-output configs whose first-order VJP conv2d_input_grad works around",
 )
 def test_crash_config_second_order(tmp_path):
-    # In a subprocess: the failure is a process abort, not an exception.
-    script = tmp_path / "second_order.py"
-    script.write_text(textwrap.dedent(_SECOND_ORDER_SCRIPT))
-    proc = subprocess.run(
-        [sys.executable, str(script)], capture_output=True, text=True, timeout=300
+    run_isolated(
+        tmp_path,
+        """
+        x, w = rng.standard_normal((1, 1, 6, 2)), rng.standard_normal((1, 1, 2, 3))
+        f = lambda x, w: ops.conv2d(
+            x, w, stride=2, padding=((1, 2), (1, 2)), dilation=(1, 2), grad="custom"
+        )
+        check_grads(f, (x, w), order=2, modes=["rev"])
+        """,
     )
-    assert proc.returncode == 0, proc.stderr[-2000:]
+
+
+@pytest.mark.xfail(
+    strict=True,
+    reason="funcnn bug: conv2d_input_grad's workaround condition (oh*ow < kh*kw and "
+    "stride > 1) misses configs where one axis alone is short (here oh=1 < kh=2), "
+    "so jax.grad w.r.t. x with grad='custom' aborts XLA:CPU",
+)
+def test_gap_config_first_order(tmp_path):
+    run_isolated(
+        tmp_path,
+        """
+        x, w = rng.standard_normal((1, 1, 4, 6)), rng.standard_normal((1, 1, 2, 2))
+        f = lambda x: ops.conv2d(
+            x, w, stride=2, padding=((0, 0), (1, 2)), dilation=(2, 1), grad="custom"
+        )
+        check_grads(f, (x,), order=1, modes=["rev"])
+        """,
+    )
 
 
 # ----------------------------------------------------- float64 finite differences
