@@ -61,8 +61,8 @@ def plot_curves(
         if epochs:
             xs = [r["step"] for r in epochs]
             ax.plot(xs, [r[metric] for r in epochs], "o-", label="train (epoch)")
-            test = [r.get(f"test_{metric}") for r in epochs]
-            if all(v is not None for v in test):
+            if all(f"test_{metric}" in r for r in epochs):
+                test = [float(r[f"test_{metric}"]) for r in epochs]
                 ax.plot(xs, test, "s-", label="test (epoch)")
         ax.set_xlabel("step")
         ax.set_ylabel(label)
