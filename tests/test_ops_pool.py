@@ -46,6 +46,14 @@ def _fast_compile_options():
 fast_jit = partial(jax.jit, compiler_options=_fast_compile_options())
 
 
+@pytest.fixture(autouse=True)
+def _release_compiled():
+    """Drop each test's compiled executables: the slow sweeps compile thousands,
+    and XLA:CPU has segfaulted in a later compile after holding ~4 GB of them."""
+    yield
+    jax.clear_caches()
+
+
 def assert_close(actual, expected, rtol):
     """Max-norm relative check: |actual - expected| <= rtol * max|expected|."""
     actual = np.asarray(actual, np.float64)

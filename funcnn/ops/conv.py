@@ -169,7 +169,9 @@ def conv2d_input_grad(g, w, cfg: ConvConfig, x_shape):
         for i in range(2)
     )
     lhs_dilation = cfg.stride
-    tiny = g.shape[2] * g.shape[3] < kh * kw and cfg.stride != (1, 1)
+    tiny = cfg.stride != (1, 1) and (
+        g.shape[2] * g.shape[3] < kh * kw or g.shape[2] < kh or g.shape[3] < kw
+    )
     if tiny or min(min(p) for p in pads) < 0:
         # Dilate and pad g explicitly when padding is wider than the filter
         # (negative conv padding) or when the deltas are smaller than the filter:
