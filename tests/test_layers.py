@@ -11,6 +11,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from helpers import fast_jit
 
 import funcnn
 from funcnn import (
@@ -40,25 +41,6 @@ from funcnn import (
 )
 
 KEY = jax.random.key(0)
-
-
-def _fast_compile_options():
-    """XLA:CPU options that cut compile time 2-5x without changing what is computed
-    (LLVM's optimisation level and the fusion emitter; the HLO passes run as usual).
-    Options a future jaxlib drops fall back to the defaults."""
-    for options in (
-        {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
-        {"xla_backend_optimization_level": 0},
-    ):
-        try:
-            jax.jit(jnp.sin, compiler_options=options).lower(1.0).compile()
-        except Exception:  # an unknown option: try the next set
-            continue
-        return options
-    return None
-
-
-fast_jit = partial(jax.jit, compiler_options=_fast_compile_options())
 
 
 def rand(shape, seed=0, dtype=jnp.float32, loc=0.0):

@@ -1,0 +1,55 @@
+"""Helpers shared by the op and layer test modules."""
+
+from __future__ import annotations
+
+from functools import partial
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+
+
+def _fast_compile_options():
+    """XLA:CPU options that cut compile time 2-5x without changing what is computed.
+
+    Compiling dominates the sweeps (every hypothesis example is a new shape). LLVM's
+    optimisation level and the choice of fusion emitter change speed, not IEEE
+    results; the HLO passes, where jax's conv VJP crashes, run as usual. Options a
+    future jaxlib drops fall back to the defaults.
+    """
+    for options in (
+        {"xla_backend_optimization_level": 0, "xla_cpu_use_fusion_emitters": False},
+        {"xla_backend_optimization_level": 0},
+    ):
+        try:
+            jax.jit(jnp.sin, compiler_options=options).lower(1.0).compile()
+        except Exception:  # an unknown option: try the next set
+            continue
+        return options
+    return None
+
+
+fast_jit = partial(jax.jit, compiler_options=_fast_compile_options())
+
+
+@pytest.fixture(autouse=True)
+def release_compiled():
+    """Drop each test's compiled executables: the slow sweeps compile thousands,
+    and XLA:CPU has segfaulted in a later compile after holding ~4 GB of them.
+    Autouse in every module that imports it."""
+    yield
+    jax.clear_caches()
+
+
+def assert_close(actual, expected, rtol):
+    """Max-norm relative check: |actual - expected| <= rtol * max|expected|;
+    non-finite entries of `expected` must be matched exactly."""
+    actual = np.asarray(actual, np.float64)
+    expected = np.asarray(expected, np.float64)
+    assert actual.shape == expected.shape
+    finite = np.isfinite(expected)
+    np.testing.assert_array_equal(actual[~finite], expected[~finite])
+    scale = np.max(np.abs(expected[finite]), initial=0.0)
+    err = np.max(np.abs(actual[finite] - expected[finite]), initial=0.0)
+    assert err <= rtol * scale + 1e-300, f"max error {err:.3g}, scale {scale:.3g}"
