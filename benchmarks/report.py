@@ -246,10 +246,11 @@ def chart(results: dict, path: str) -> None:
         )
     ax.set_yticks(np.arange(len(names)), names, fontsize=7)
     ax.invert_yaxis()
-    ax.set_xscale("log")  # the cases span two orders of magnitude
+    if names:  # a run with --only train has no op bars to put on a log scale
+        ax.set_xscale("log")  # the cases span two orders of magnitude
+        ax.legend()
     ax.set_xlabel("forward + backward, median ms, log scale (lower is better)")
-    ax.set_title("Ops")
-    ax.legend()
+    ax.set_title("Ops" if names else "Ops (not run)")
     train = results.get("train", {})
     models = list(train)
     ax = axes[1]
@@ -268,8 +269,9 @@ def chart(results: dict, path: str) -> None:
         )
     ax.set_xticks(np.arange(len(models)), models)
     ax.set_ylabel("train step, images/s (higher is better)")
-    ax.set_title("Train step")
-    ax.legend()
+    ax.set_title("Train step" if models else "Train step (not run)")
+    if models:
+        ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

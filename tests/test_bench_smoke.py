@@ -85,3 +85,18 @@ def test_markdown_tables_match_json(quick_run):
         assert name in text
     for model in results["train"]:
         assert f"| {model} |" in text
+
+
+@pytest.mark.parametrize("section", ["train", "ops"])
+def test_chart_with_one_section(tmp_path, section):
+    """`--only train` (or `--only ops`) results chart without the other panel."""
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import report
+
+    stats = {"median_ms": 12.5, "images_per_s": 1024.0}
+    entry = {"jax": {"times": {"custom": stats, "autodiff": stats}}}
+    if section == "ops":
+        entry = {"jax": {"times": {"fwdbwd/custom": stats, "fwdbwd/autodiff": stats}}}
+    path = tmp_path / "bench.png"
+    report.chart({section: {"case": entry}}, str(path))
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

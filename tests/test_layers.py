@@ -501,8 +501,10 @@ def test_model_custom_matches_autodiff(model, x_shape):
         res[mode] = (y, new_state, grads)
     (y, st, gr), (y_ref, st_ref, gr_ref) = res["custom"], res["autodiff"]
     assert y.shape == with_batch(shape, x_shape[0])
-    np.testing.assert_array_equal(y, y_ref)
-    jax.tree.map(np.testing.assert_array_equal, st, st_ref)
+    # Not bit-identical: first layers with few taps take the patches (im2col)
+    # formulation in custom mode, which sums in another order (funcnn.ops.conv).
+    assert_tree_close(y, y_ref, 1e-5)
+    assert_tree_close(st, st_ref, 1e-5)
     assert_tree_close(gr, gr_ref, 1e-5)
     assert all(float(jnp.max(jnp.abs(leaf))) > 0 for leaf in jax.tree.leaves(gr))
 
