@@ -43,6 +43,12 @@ def _parser() -> argparse.ArgumentParser:
         help="torch.set_num_threads; JAX/XLA uses every core it may run on",
     )
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
+    p.add_argument(
+        "--peak-tflops",
+        type=float,
+        default=None,
+        help="device peak for the fraction-of-peak column (known GPUs: built in)",
+    )
     p.add_argument("--timeout", type=float, default=1800, help="per subprocess, s")
     p.add_argument("--worker", choices=("torch", "memory"), help=argparse.SUPPRESS)
     p.add_argument("--spec", help=argparse.SUPPRESS)
@@ -101,8 +107,11 @@ def main(argv=None, script: str | None = None) -> dict:
             "quick": args.quick,
             "xla_flags": os.environ.get("XLA_FLAGS", ""),
             "loadavg_start": round(os.getloadavg()[0], 2),
+            "device": jax.devices()[0].device_kind,
         }
     }
+    peak, source = jax_side.peak_tflops(results["meta"]["device"], args.peak_tflops)
+    results["meta"].update(peak_tflops=peak, peak_source=source)
     op_cases = cases.op_cases(args.quick) if "ops" in sections else []
     train_cases = cases.train_cases(args.quick) if "train" in sections else []
 

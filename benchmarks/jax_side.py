@@ -35,9 +35,22 @@ def op_fn(case: dict, grad: str):
 
 
 def _compile_seconds(jitted, *args) -> float:
+    return _compile_stats(jitted, *args)[0]
+
+
+def _compile_stats(jitted, *args) -> tuple[float, float | None]:
+    """(compile seconds, FLOPs of one call as XLA's cost analysis counts them)."""
     start = time.perf_counter()
-    jitted.lower(*args).compile()
-    return time.perf_counter() - start
+    compiled = jitted.lower(*args).compile()
+    seconds = time.perf_counter() - start
+    try:
+        cost = compiled.cost_analysis()
+    except Exception:  # some backends have no cost model
+        return seconds, None
+    if isinstance(cost, (list, tuple)):  # one entry per program in older JAX
+        cost = cost[0] if cost else {}
+    flops = (cost or {}).get("flops")
+    return seconds, float(flops) if flops and flops > 0 else None
 
 
 # Sleep before each timed call when torch takes part: both frameworks' thread
@@ -206,10 +219,10 @@ def bench_train(case: dict, repeats: int, torch_worker=None) -> dict:
     shape = case["input"]
     model = build_model(case["model"])
     batch = train_batch(shape)
-    steps, states, compile_s = {}, {}, {}
+    steps, states, compile_s, flops = {}, {}, {}, {}
     for grad in GRADS:
         steps[grad], states[grad] = make_step(model, grad, shape)
-        compile_s[grad] = _compile_seconds(steps[grad], states[grad], batch)
+        compile_s[grad], flops[grad] = _compile_stats(steps[grad], states[grad], batch)
 
     def runner(grad):
         def run():
@@ -229,10 +242,33 @@ def bench_train(case: dict, repeats: int, torch_worker=None) -> dict:
         sync=jax.block_until_ready,
         settle=SETTLE_S if torch_fns else 0.0,
     )
-    for stats in times.values():
+    for name, stats in times.items():
         stats["images_per_s"] = shape[0] / (stats["median_ms"] / 1e3)
+        if flops.get(name):
+            stats["tflops_per_s"] = flops[name] / (stats["median_ms"] / 1e3) / 1e12
     jax_times, torch_times = _split(times, torch_fns)
-    out = {"jax": {"times": jax_times, "compile_s": compile_s}}
+    out = {"jax": {"times": jax_times, "compile_s": compile_s, "flops": flops}}
     if torch_fns:
         out["torch"] = {"times": torch_times}
     return out
+
+
+# Dense peak TFLOP/s for float32 work at XLA's default precision, which on these
+# GPUs runs float32 convolutions and matrix products on TF32 tensor cores
+# (NVIDIA's data sheets; the figures "with sparsity" are twice these).
+_PEAK_TFLOPS = (
+    ("H100 PCIe", 378.0),
+    ("H100", 494.7),  # SXM
+    ("H200", 494.7),
+    ("A100", 156.0),
+)
+
+
+def peak_tflops(device_kind: str, override: float | None = None):
+    """(peak TFLOP/s, where it comes from) for the fraction-of-peak column."""
+    if override:
+        return override, "--peak-tflops"
+    for name, peak in _PEAK_TFLOPS:
+        if name.lower() in device_kind.lower():
+            return peak, f"TF32 dense peak of {name} (data sheet)"
+    return None, f"unknown for {device_kind!r}; pass --peak-tflops"

@@ -68,6 +68,29 @@ def train_table(train: dict) -> list[str]:
     return lines
 
 
+def compute_table(train: dict, meta: dict) -> list[str]:
+    """Achieved FLOP/s of each train step (XLA-counted FLOPs / median time)."""
+    peak = meta.get("peak_tflops")
+    lines = [
+        f"FLOPs per step as XLA's cost analysis counts them on the compiled step. "
+        f"Peak: {_fmt(peak, '.1f')} TFLOP/s ({meta.get('peak_source', '?')}).",
+        "",
+        "| model | grad | GFLOP per step | achieved TFLOP/s | fraction of peak |",
+        "|---|---|---|---|---|",
+    ]
+    for name, entry in train.items():
+        flops = entry.get("jax", {}).get("flops", {})
+        for grad, stats in _times(entry, "jax").items():
+            rate = stats.get("tflops_per_s")
+            gflop = flops.get(grad) and flops[grad] / 1e9
+            frac = rate / peak if rate and peak else None
+            lines.append(
+                f"| {name} | {grad} | {_fmt(gflop, '.2f')} | {_fmt(rate, '.4f')} "
+                f"| {_fmt(frac and 100 * frac, '.2f')}{'%' if frac else ''} |"
+            )
+    return lines
+
+
 def memory_tables(memory: dict) -> list[str]:
     lines = []
     if memory.get("peak"):
@@ -197,7 +220,8 @@ def markdown(results: dict) -> str:
         "# funcnn benchmark",
         "",
         f"Command: `{meta['command']}`  ",
-        f"jax {meta['jax']} ({meta['backend']}), torch {meta.get('torch', 'absent')}, "
+        f"jax {meta['jax']} ({meta['backend']}: {meta.get('device', '?')}), torch "
+        f"{meta.get('torch', 'absent')}, "
         f"{meta['cpus']} CPUs, torch threads {meta['threads']}, repeats "
         f"{meta['repeats']}, load average {meta['loadavg_start']} -> "
         f"{meta.get('loadavg_end', '?')}, XLA_FLAGS={meta['xla_flags']!r}"
@@ -212,6 +236,7 @@ def markdown(results: dict) -> str:
         lines += ["## Ops", ""] + ops_table(results["ops"]) + [""]
     if results.get("train"):
         lines += ["## Train step", ""] + train_table(results["train"]) + [""]
+        lines += ["## Compute", ""] + compute_table(results["train"], meta) + [""]
     if results.get("memory"):
         lines += ["## Memory", ""] + memory_tables(results["memory"]) + [""]
     lines += ["## Targets", ""] + targets_table(results["targets"]) + [""]

@@ -41,7 +41,7 @@ def test_writes_json_markdown_and_png(quick_run):
     for name in ("results.json", "results.md", "bench.png"):
         assert (out / name).stat().st_size > 0, name
     assert (out / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
-    assert "## Targets" in stdout
+    assert "## Targets" in stdout and "## Compute" in stdout
 
 
 def test_every_section_has_numbers(quick_run):
@@ -57,6 +57,10 @@ def test_every_section_has_numbers(quick_run):
         for grad in ("custom", "autodiff"):
             stats = entry["jax"]["times"][grad]
             assert _finite(stats["median_ms"]) and _finite(stats["images_per_s"])
+            # XLA's cost analysis counts the step's FLOPs; the rate follows.
+            flops = entry["jax"]["flops"][grad]
+            rate = flops / (stats["median_ms"] / 1e3) / 1e12
+            assert flops > 0 and stats["tflops_per_s"] == pytest.approx(rate)
     memory = results["memory"]
     for res in memory["residuals"].values():
         assert _finite(res["custom"]["total_bytes"])
@@ -100,3 +104,14 @@ def test_chart_with_one_section(tmp_path, section):
     path = tmp_path / "bench.png"
     report.chart({section: {"case": entry}}, str(path))
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_peak_tflops_lookup():
+    sys.path.insert(0, str(ROOT))
+    from benchmarks.jax_side import peak_tflops
+
+    assert peak_tflops("NVIDIA H100 80GB HBM3")[0] == 494.7
+    assert peak_tflops("NVIDIA H100 PCIe")[0] == 378.0
+    assert peak_tflops("NVIDIA H100 PCIe", 100.0) == (100.0, "--peak-tflops")
+    peak, source = peak_tflops("cpu")
+    assert peak is None and "--peak-tflops" in source
