@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 import time
 
 import jax
@@ -38,11 +39,29 @@ def _compile_seconds(jitted, *args) -> float:
     return _compile_stats(jitted, *args)[0]
 
 
-def _compile_stats(jitted, *args) -> tuple[float, float | None]:
-    """(compile seconds, FLOPs of one call as XLA's cost analysis counts them)."""
+def _compile(jitted, *args):
+    """(compile seconds, the compiled executable)."""
     start = time.perf_counter()
     compiled = jitted.lower(*args).compile()
-    seconds = time.perf_counter() - start
+    return time.perf_counter() - start, compiled
+
+
+def convolutions(compiled) -> list[str]:
+    """The convolutions of a compiled program: result shape, window and dimension
+    labels of each, sorted (names and metadata dropped)."""
+    found = []
+    for line in compiled.as_text().splitlines():
+        if " convolution(" not in line:
+            continue
+        shape = line.split("=", 1)[1].split(" convolution(")[0].strip()
+        attrs = re.findall(r"(window=\{[^}]*\}|dim_labels=[^,\s]+)", line)
+        found.append(" ".join([shape, *attrs]))
+    return sorted(found)
+
+
+def _compile_stats(jitted, *args) -> tuple[float, float | None]:
+    """(compile seconds, FLOPs of one call as XLA's cost analysis counts them)."""
+    seconds, compiled = _compile(jitted, *args)
     try:
         cost = compiled.cost_analysis()
     except Exception:  # some backends have no cost model
@@ -78,7 +97,7 @@ def bench_op(case: dict, repeats: int, torch_worker=None) -> dict:
     arrays = _inputs(case)
     out_shape = jax.eval_shape(op_fn(case, "custom"), *arrays).shape
     g = jax.random.normal(jax.random.PRNGKey(1), out_shape, arrays[0].dtype)
-    fns, compile_s = {}, {}
+    fns, compile_s, convs = {}, {}, {}
     for grad in GRADS:
         f = op_fn(case, grad)
         if "fwd" in case["parts"]:
@@ -97,7 +116,8 @@ def bench_op(case: dict, repeats: int, torch_worker=None) -> dict:
                 return y, pullback(g)
 
             both = jax.jit(step)
-            compile_s[f"fwdbwd/{grad}"] = _compile_seconds(both, g, *arrays)
+            compile_s[f"fwdbwd/{grad}"], compiled = _compile(both, g, *arrays)
+            convs[grad] = convolutions(compiled)
             fns[f"fwdbwd/{grad}"] = lambda both=both: both(g, *arrays)
     torch_fns = torch_worker.callables("op", case) if torch_worker else {}
     times = timing.interleaved(
@@ -108,6 +128,8 @@ def bench_op(case: dict, repeats: int, torch_worker=None) -> dict:
     )
     jax_times, torch_times = _split(times, torch_fns)
     out = {"jax": {"times": jax_times, "compile_s": compile_s}}
+    if convs.get("custom"):  # fwd+bwd of a conv: do both modes run the same convs?
+        out["jax"]["same_convolutions"] = convs["custom"] == convs.get("autodiff")
     if torch_fns:
         out["torch"] = {"times": torch_times}
     return out

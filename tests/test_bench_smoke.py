@@ -115,3 +115,59 @@ def test_peak_tflops_lookup():
     assert peak_tflops("NVIDIA H100 PCIe", 100.0) == (100.0, "--peak-tflops")
     peak, source = peak_tflops("cpu")
     assert peak is None and "--peak-tflops" in source
+
+
+def test_same_convolutions_in_the_quick_run(quick_run):
+    """The quick grid's conv has 36 taps: both modes compile to the same convs."""
+    out, _ = quick_run
+    results = json.loads((out / "results.json").read_text())
+    convs = [e for e in results["ops"].values() if e["case"]["op"] == "conv2d"]
+    assert convs and all(e["jax"]["same_convolutions"] is True for e in convs)
+
+
+def test_convolutions_tell_the_formulations_apart():
+    sys.path.insert(0, str(ROOT))
+    import jax
+    import jax.numpy as jnp
+
+    from benchmarks.jax_side import convolutions
+    from funcnn import ops
+
+    def compiled(c_in, grad):
+        x, w = jnp.ones((2, c_in, 8, 8)), jnp.ones((4, c_in, 3, 3))
+        f = jax.jit(jax.grad(lambda w: ops.conv2d(x, w, padding=1, grad=grad).sum()))
+        return convolutions(f.lower(w).compile())
+
+    # 36 taps: the direct rule, the same convolutions as autodiff.
+    assert compiled(4, "custom") == compiled(4, "autodiff") != []
+    # 9 taps: the patches formulation, matrix products in place of convolutions.
+    assert compiled(1, "custom") != compiled(1, "autodiff")
+
+
+def _stats(median, q1, q3):
+    return {"median_ms": median, "q1_ms": q1, "q3_ms": q3}
+
+
+@pytest.mark.parametrize(
+    "same, custom, result",
+    [
+        (True, _stats(11.0, 10.5, 11.5), "PASS"),  # same program: noise
+        (False, _stats(11.0, 10.9, 11.5), "FAIL"),  # 1.10, IQRs overlap: over TIE
+        (False, _stats(10.4, 10.2, 10.6), "PASS"),  # 1.04, IQRs overlap: a tie
+        (False, _stats(9.0, 8.9, 9.1), "PASS"),
+    ],
+)
+def test_conv_target_verdicts(same, custom, result):
+    sys.path.insert(0, str(ROOT))
+    from benchmarks import report
+
+    entry = {
+        "case": {"op": "conv2d"},
+        "jax": {
+            "times": {"fwdbwd/custom": custom, "fwdbwd/autodiff": _stats(10, 9, 11)},
+            "same_convolutions": same,
+        },
+    }
+    [row] = report.targets({"ops": {"conv": entry}})
+    assert row["result"] == result
+    assert ("same compiled convolutions" in row["detail"]) == same
