@@ -9,9 +9,10 @@ error, not hidden.
 
 The point of it is the GPU: XLA's GPU backend picks convolution algorithms by
 autotuning and may use atomics, so results can differ run to run unless
-`--xla_gpu_deterministic_ops=true` is set, and JAX's own max-pool gradient
-(select_and_scatter) is among the ops that mode does not support. The custom
-rules use neither, so
+`--xla_gpu_deterministic_ops=true` is set; JAX's own max-pool gradient
+(select_and_scatter) is expected not to run in that mode (to be confirmed on a
+GPU: the table shows the error if it does not). The custom rules use neither
+autotuned scatters nor atomics, so
 
     XLA_FLAGS=--xla_gpu_deterministic_ops=true python experiments/determinism.py
 
