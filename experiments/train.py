@@ -15,12 +15,19 @@ checkpoint reproduces an uninterrupted run bit for bit on CPU.
 SIGINT (Ctrl-C) or SIGTERM finishes the current step, saves a checkpoint and
 exits with 130 (SIGINT) or 143 (SIGTERM); a second signal stops at once. Bad
 arguments or a missing data directory exit with 2 and a one-line message.
+
+With several processes, a signal to any one of them stops all of them at the same
+step: JAX's preemption service (started by jax.distributed) takes SIGTERM and
+tells every process, which all stop at the next common sync point; SIGINT is
+passed on as SIGTERM to join it. Every process then saves and exits with 143
+(130 in a process that got the SIGINT itself).
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import os
 import signal
 import sys
 import time
@@ -374,8 +381,37 @@ def install_signal_handlers(stop: dict) -> dict:
             signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
         )
         signal.signal(signum, restore)
+        if signum == signal.SIGINT and jax.process_count() > 1:
+            # jax.distributed's preemption service owns SIGTERM in a multi-process
+            # run; raising it here tells every process (see `stop_point`).
+            os.kill(os.getpid(), signal.SIGTERM)
 
     return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
+
+
+def stop_point(stop: dict):
+    """`at(step) -> bool`: whether training stops after `step`.
+
+    One process: when a signal arrived. Several: when JAX's preemption sync point
+    says so, which is True at the same step in every process once any of them got
+    SIGTERM; a local signal alone must not stop one process, or the others would
+    wait for it in the next all-reduce.
+    """
+    if jax.process_count() == 1:
+        return lambda step: stop["signal"] is not None
+    from jax.experimental import multihost_utils
+
+    def at(step: int) -> bool:
+        try:
+            agreed = multihost_utils.reached_preemption_sync_point(step)
+        except RuntimeError:  # preemption service off: agree by an all-gather
+            agreed = distributed.any_process(stop["signal"] is not None)
+        if agreed:
+            stop["signal"] = stop["signal"] or signal.SIGTERM
+            stop["agreed"] = True
+        return bool(stop.get("agreed"))
+
+    return at
 
 
 def main(argv=None) -> int:
@@ -410,6 +446,7 @@ def run(args: argparse.Namespace, stop: dict) -> int:
             )
     except (ValueError, RuntimeError, TimeoutError) as err:
         return fail(str(err))
+    run_dir = out_dir  # what --resume takes, in every process
     if jax.process_index() > 0:
         # Every process computes the same replicated state; process 0 owns the run
         # directory, the others keep their own copy beside it.
@@ -512,8 +549,10 @@ def run(args: argparse.Namespace, stop: dict) -> int:
         dynamic_ncols=True,
         file=sys.stderr,
     )
+    stop_after = stop_point(stop)
+    halted = stop_after(step)  # a signal during loading or compiling
     try:
-        while step < last_step and stop["signal"] is None:
+        while step < last_step and not halted:
             epoch, first = divmod(step, spe)
             bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
             t_epoch, images = time.perf_counter(), 0
@@ -536,7 +575,8 @@ def run(args: argparse.Namespace, stop: dict) -> int:
                     bar.set_postfix(
                         loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_sec']:.0f}"
                     )
-                if stop["signal"] is not None or step >= last_step:
+                halted = stop_after(step)
+                if halted or step >= last_step:
                     break
             if step % spe == 0:
                 test = evaluate(eval_step, state, x_test, y_test, args.eval_batch_size)
@@ -569,12 +609,13 @@ def run(args: argparse.Namespace, stop: dict) -> int:
     if saved_step != step:
         save(step)
     path = ckpts.path_for(step)
-    if stop["signal"] is not None:
+    if halted:
         name = signal.Signals(stop["signal"]).name
         print(
             f"train.py: stopped by {name} at step {step} (epoch {step // spe} of "
             f"{args.epochs} complete); saved {path}. Resume with: python "
-            f"experiments/train.py --out-dir {out_dir} --resume",
+            f"experiments/train.py --out-dir {run_dir} --resume"
+            + (" (in every process)" if jax.process_count() > 1 else ""),
             file=sys.stderr,
         )
         return 128 + stop["signal"]

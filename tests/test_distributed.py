@@ -532,3 +532,55 @@ def test_train_cli_rejects_a_batch_that_does_not_divide(tmp_path):
 
 if __name__ == "__main__":
     _main(sys.argv[1:])
+
+
+@pytest.mark.parametrize(
+    "signalled, signum, codes",
+    [
+        (1, signal.SIGTERM, (143, 143)),  # to a worker: the preemption service
+        (0, signal.SIGINT, (130, 143)),  # Ctrl-C on the coordinator, passed on
+    ],
+)
+def test_train_cli_signal_to_one_process_stops_all(tmp_path, signalled, signum, codes):
+    """A signal to one process of a two-process run stops both at the same step,
+    each with a checkpoint; before, the other process trained on (SIGTERM was
+    swallowed by jax.distributed's handler) or waited in the all-reduce forever."""
+    env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    run_dir, port = tmp_path / "run", _free_port()
+    procs = []
+    for pid in (0, 1):
+        cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py")]
+        cmd += ["--out-dir", str(run_dir), "--no-plots", "--no-progress"]
+        cmd += ["--epochs", "1000", "--log-every", "1"]
+        cmd += ["--coordinator-address", f"127.0.0.1:{port}"]
+        cmd += ["--num-processes", "2", "--process-id", str(pid)]
+        procs.append(
+            subprocess.Popen(
+                cmd,
+                env=env,
+                stdout=subprocess.PIPE,
+                stderr=subprocess.PIPE,
+                text=True,
+                start_new_session=True,
+            )
+        )
+    try:
+        metrics = run_dir / "metrics.jsonl"
+        deadline = time.monotonic() + TIMEOUT_S
+        while not (metrics.exists() and len(metrics.read_text().splitlines()) >= 3):
+            assert time.monotonic() < deadline, "the run did not start training"
+            assert all(p.poll() is None for p in procs), procs[0].communicate()[1]
+            time.sleep(0.2)
+        procs[signalled].send_signal(signum)
+        outs = [p.communicate(timeout=60) for p in procs]
+    finally:
+        for p in procs:
+            _kill(p)
+    assert tuple(p.returncode for p in procs) == codes, [o[1][-2000:] for o in outs]
+    steps = []
+    for pid, (_, err) in enumerate(outs):
+        assert "stopped by SIG" in err and f"--out-dir {run_dir} --resume" in err
+        ckpt_dir = run_dir / ("process1" if pid else "") / "checkpoints"
+        steps.append(max(int(f.stem.split("_")[1]) for f in ckpt_dir.iterdir()))
+    assert steps[0] == steps[1] > 0
