@@ -37,19 +37,7 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from funcnn import (
-    BatchNorm,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    Layer,
-    MaxPool2D,
-    Relu,
-    cluster,
-    distributed,
-    serial,
-)
+from funcnn import Layer, cluster, distributed, models, serial
 from funcnn.checkpoint import CheckpointManager
 from funcnn.data import batches, fit_normalizer, load_dataset, num_batches
 from funcnn.optim import make_optimizer
@@ -191,48 +179,19 @@ def read_config(out_dir: Path, parser) -> dict:
 def lenet_layers(
     num_classes: int, input_hw: tuple[int, int], width: int
 ) -> list[Layer]:
-    """The layers of `funcnn.models.lenet(num_classes, input_hw=, width=)`, but
-    with a 3x3 second conv on inputs under 16x16 (the 8x8 digits).
-
-    There the second conv sees a 4x4 map, and a 5x5 window wider than its input
-    sends XLA's CPU convolution down a slow path: 9 ms instead of 0.12 ms for a
-    3x3 window, per batch of 32 at width 4 (measured on a 2-core CPU).
-    """
+    """`funcnn.models.lenet_layers`, with a 3x3 second conv on inputs under 16x16
+    (the 8x8 digits), where XLA:CPU runs a 5x5 window over the 4x4 map about 75x
+    slower (see that function)."""
     small = min(input_hw) < 16
-    return [
-        Conv2D(6 * width, 5, padding="SAME" if small else 2),
-        Relu,
-        MaxPool2D(2),
-        Conv2D(16 * width, 3 if small else 5, padding="SAME" if small else 0),
-        Relu,
-        MaxPool2D(2),
-        Flatten(),
-        Dense(120),
-        Relu,
-        Dense(84),
-        Relu,
-        Dense(num_classes),
-    ]
+    return models.lenet_layers(
+        num_classes, input_hw=input_hw, width=width, second_kernel=3 if small else 5
+    )
 
 
 def vgg_layers(num_classes: int, input_hw: tuple[int, int], width: int) -> list[Layer]:
-    """The layers of `funcnn.models.vgg_small(num_classes)` (width is unused)."""
+    """`funcnn.models.vgg_small_layers(num_classes)` (input_hw and width unused)."""
     del input_hw, width
-
-    def block(channels):
-        return [Conv2D(channels, 3, padding="SAME", use_bias=False), BatchNorm(), Relu]
-
-    return [
-        *block(32),
-        *block(32),
-        MaxPool2D(2),
-        *block(64),
-        *block(64),
-        MaxPool2D(2),
-        Flatten(),
-        Dropout(0.25),
-        Dense(num_classes),
-    ]
+    return models.vgg_small_layers(num_classes)
 
 
 MODEL_LAYERS = {"lenet": lenet_layers, "vgg": vgg_layers}

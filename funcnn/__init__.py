@@ -42,7 +42,9 @@ from funcnn.losses import accuracy as accuracy
 from funcnn.losses import mse as mse
 from funcnn.losses import softmax_cross_entropy as softmax_cross_entropy
 from funcnn.models import lenet as lenet
+from funcnn.models import lenet_layers as lenet_layers
 from funcnn.models import vgg_small as vgg_small
+from funcnn.models import vgg_small_layers as vgg_small_layers
 from funcnn.ops import avg_pool2d as avg_pool2d
 from funcnn.ops import conv2d as conv2d
 from funcnn.ops import max_pool2d as max_pool2d

@@ -578,3 +578,19 @@ LAYER_ERRORS = [
 def test_layer_errors(make, err, message):
     with pytest.raises(err, match=re.escape(message)):
         make()
+
+
+@pytest.mark.parametrize(
+    "hw, kernel, out_hw",
+    [((28, 28), 5, (5, 5)), ((32, 32), 3, (7, 7)), ((8, 8), 3, (2, 2))],
+)
+def test_lenet_layers_shapes(hw, kernel, out_hw):
+    """LeNet's shapes by hand: 28x28 -> conv5 p2 28 -> pool 14 -> conv5 10 -> pool
+    5; 32x32 with a 3x3 second conv -> 32, 16, 14, 7; 8x8 SAME -> 8, 4, 4, 2."""
+    model = funcnn.lenet(7, input_hw=hw, width=2, second_kernel=kernel)
+    layers = funcnn.lenet_layers(7, input_hw=hw, width=2, second_kernel=kernel)
+    assert len(layers) == 12
+    out, params, _ = jit_init(model, (3, 1, *hw))
+    assert out == (3, 7)
+    assert params["03_conv"]["w"].shape == (32, 12, kernel, kernel)
+    assert params["07_dense"]["w"].shape == (120, 32 * out_hw[0] * out_hw[1])
