@@ -340,10 +340,6 @@ def install_signal_handlers(stop: dict) -> dict:
             signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
         )
         signal.signal(signum, restore)
-        if signum == signal.SIGINT and jax.process_count() > 1:
-            # jax.distributed's preemption service owns SIGTERM in a multi-process
-            # run; raising it here tells every process (see `stop_point`).
-            os.kill(os.getpid(), signal.SIGTERM)
 
     return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
 
@@ -365,6 +361,13 @@ def stop_point(stop: dict):
             agreed = multihost_utils.reached_preemption_sync_point(step)
         except RuntimeError:  # preemption service off: agree by an all-gather
             agreed = distributed.any_process(stop["signal"] is not None)
+        else:
+            if stop["signal"] is not None and not stop.get("forwarded"):
+                # A signal our handler took (SIGINT, or any before jax.distributed
+                # started): raise SIGTERM, which the preemption service owns and
+                # announces to every process.
+                stop["forwarded"] = True
+                os.kill(os.getpid(), signal.SIGTERM)
         if agreed:
             stop["signal"] = stop["signal"] or signal.SIGTERM
             stop["agreed"] = True

@@ -535,17 +535,21 @@ if __name__ == "__main__":
 
 
 @pytest.mark.parametrize(
-    "signalled, signum, codes",
+    "signalled, signum, codes, service",
     [
-        (1, signal.SIGTERM, (143, 143)),  # to a worker: the preemption service
-        (0, signal.SIGINT, (130, 143)),  # Ctrl-C on the coordinator, passed on
+        (1, signal.SIGTERM, (143, 143), "true"),  # to a worker: preemption service
+        (0, signal.SIGINT, (130, 143), "true"),  # Ctrl-C on the coordinator
+        (1, signal.SIGTERM, (143, 143), "false"),  # no service: an all-gather
     ],
 )
-def test_train_cli_signal_to_one_process_stops_all(tmp_path, signalled, signum, codes):
+def test_train_cli_signal_to_one_process_stops_all(
+    tmp_path, signalled, signum, codes, service
+):
     """A signal to one process of a two-process run stops both at the same step,
     each with a checkpoint; before, the other process trained on (SIGTERM was
     swallowed by jax.distributed's handler) or waited in the all-reduce forever."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
+    env["JAX_ENABLE_PREEMPTION_SERVICE"] = service
     env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
     run_dir, port = tmp_path / "run", _free_port()
     procs = []
@@ -578,6 +582,9 @@ def test_train_cli_signal_to_one_process_stops_all(tmp_path, signalled, signum, 
         for p in procs:
             _kill(p)
     assert tuple(p.returncode for p in procs) == codes, [o[1][-2000:] for o in outs]
+    # Which path stopped the run: JAX's notifier logs the SIGTERM it catches.
+    caught = "SIGTERM caught" in outs[signalled][1]
+    assert caught == (service == "true"), outs[signalled][1][-2000:]
     steps = []
     for pid, (_, err) in enumerate(outs):
         assert "stopped by SIG" in err and f"--out-dir {run_dir} --resume" in err
