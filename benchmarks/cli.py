@@ -127,22 +127,18 @@ def main(argv=None, script: str | None = None) -> dict:
             log(f"no torch side: {err}")
             results["meta"]["torch_error"] = str(err)
     try:
-        if op_cases:
-            results["ops"] = {}
-            for case in op_cases:
-                log(f"ops: {case['name']}")
-                entry = _with_torch_fallback(
-                    jax_side.bench_op, case, repeats, worker, results, log
-                )
-                results["ops"][case["name"]] = {"case": case, **entry}
-        if train_cases:
-            results["train"] = {}
-            for case in train_cases:
-                log(f"train: {case['model']}")
-                entry = _with_torch_fallback(
-                    jax_side.bench_train, case, train_repeats, worker, results, log
-                )
-                results["train"][case["model"]] = {"case": case, **entry}
+        timed = (
+            ("ops", op_cases, jax_side.bench_op, repeats, "name"),
+            ("train", train_cases, jax_side.bench_train, train_repeats, "model"),
+        )
+        for section, section_cases, bench, reps, key in timed:
+            if not section_cases:
+                continue
+            results[section] = {}
+            for case in section_cases:
+                log(f"{section}: {case[key]}")
+                entry = _with_torch_fallback(bench, case, reps, worker, results, log)
+                results[section][case[key]] = {"case": case, **entry}
     finally:
         if worker is not None:
             worker.close()

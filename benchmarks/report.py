@@ -246,6 +246,27 @@ def markdown(results: dict) -> str:
     return "\n".join(lines)
 
 
+_SERIES = (("custom", "tab:blue"), ("autodiff", "tab:orange"), ("torch", "tab:green"))
+
+
+def _grouped_bars(ax, entries: dict, part: str, stat: str, horizontal: bool) -> list:
+    """One bar per series for each entry; `part` prefixes the timing key ("fwdbwd/"
+    for ops). Returns the entry names (the tick labels)."""
+    import numpy as np
+
+    names = list(entries)
+    slots = np.arange(len(names))
+    for i, (label, color) in enumerate(_SERIES):
+        side = "torch" if label == "torch" else "jax"
+        key = f"{part}{label}"
+        vals = [(_times(entries[n], side).get(key) or {}).get(stat, 0) for n in names]
+        bars = ax.barh if horizontal else ax.bar
+        bars(slots + (i - 1) * 0.27, vals, 0.27, label=label, color=color)
+    if names:  # a section that did not run has no bars (nor a log scale)
+        ax.legend()
+    return names
+
+
 def chart(results: dict, path: str) -> None:
     """Bar chart: op fwd+bwd times (left) and train-step throughput (right)."""
     import matplotlib
@@ -254,52 +275,18 @@ def chart(results: dict, path: str) -> None:
     import matplotlib.pyplot as plt
     import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(14, 6))
-    series = (
-        ("custom", "tab:blue"),
-        ("autodiff", "tab:orange"),
-        ("torch", "tab:green"),
-    )
-    ops = results.get("ops", {})
-    names = list(ops)
-    ax = axes[0]
-    for i, (label, color) in enumerate(series):
-        side = "torch" if label == "torch" else "jax"
-        vals = [
-            (_times(ops[n], side).get(f"fwdbwd/{label}") or {}).get("median_ms", 0)
-            for n in names
-        ]
-        ax.barh(
-            np.arange(len(names)) + (i - 1) * 0.27, vals, 0.27, label=label, color=color
-        )
-    ax.set_yticks(np.arange(len(names)), names, fontsize=7)
-    ax.invert_yaxis()
-    if names:  # a run with --only train has no op bars to put on a log scale
-        ax.set_xscale("log")  # the cases span two orders of magnitude
-        ax.legend()
-    ax.set_xlabel("forward + backward, median ms, log scale (lower is better)")
-    ax.set_title("Ops" if names else "Ops (not run)")
-    train = results.get("train", {})
-    models = list(train)
-    ax = axes[1]
-    for i, (label, color) in enumerate(series):
-        side = "torch" if label == "torch" else "jax"
-        vals = [
-            (_times(train[m], side).get(label) or {}).get("images_per_s", 0)
-            for m in models
-        ]
-        ax.bar(
-            np.arange(len(models)) + (i - 1) * 0.27,
-            vals,
-            0.27,
-            label=label,
-            color=color,
-        )
-    ax.set_xticks(np.arange(len(models)), models)
-    ax.set_ylabel("train step, images/s (higher is better)")
-    ax.set_title("Train step" if models else "Train step (not run)")
-    if models:
-        ax.legend()
+    fig, (left, right) = plt.subplots(1, 2, figsize=(14, 6))
+    names = _grouped_bars(left, results.get("ops", {}), "fwdbwd/", "median_ms", True)
+    left.set_yticks(np.arange(len(names)), names, fontsize=7)
+    left.invert_yaxis()
+    if names:
+        left.set_xscale("log")  # the cases span two orders of magnitude
+    left.set_xlabel("forward + backward, median ms, log scale (lower is better)")
+    left.set_title("Ops" if names else "Ops (not run)")
+    models = _grouped_bars(right, results.get("train", {}), "", "images_per_s", False)
+    right.set_xticks(np.arange(len(models)), models)
+    right.set_ylabel("train step, images/s (higher is better)")
+    right.set_title("Train step" if models else "Train step (not run)")
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)

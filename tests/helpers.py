@@ -8,6 +8,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
+from jax import lax
 
 
 def _fast_compile_options():
@@ -53,3 +54,20 @@ def assert_close(actual, expected, rtol):
     scale = np.max(np.abs(expected[finite]), initial=0.0)
     err = np.max(np.abs(actual[finite] - expected[finite]), initial=0.0)
     assert err <= rtol * scale + 1e-300, f"max error {err:.3g}, scale {scale:.3g}"
+
+
+def as_pair(v):
+    """An int or a pair, as a pair."""
+    return (v, v) if isinstance(v, int) else tuple(v)
+
+
+def pads_of(padding, hw, eff, stride):
+    """((top, bottom), (left, right)) for any accepted padding spelling."""
+    if isinstance(padding, str):
+        # jax's own SAME/VALID rule, independent of funcnn's.
+        return tuple(lax.padtype_to_pads(hw, eff, stride, padding))
+    if isinstance(padding, int):
+        return ((padding, padding), (padding, padding))
+    if isinstance(padding[0], int):
+        return ((padding[0], padding[0]), (padding[1], padding[1]))
+    return tuple(tuple(p) for p in padding)

@@ -14,33 +14,19 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, fast_jit, release_compiled  # noqa: F401
+from helpers import as_pair, assert_close, fast_jit, pads_of, release_compiled  # noqa: F401
 from hypothesis import assume, given, settings
 from hypothesis import strategies as st
-from jax import lax
 from jax.test_util import check_grads
 
 import funcnn
 from funcnn import ops
-from funcnn.ops import _args
 from funcnn.ops.conv import PATCHES_MAX_TAPS
 
 GRADS = ("custom", "autodiff")
 
 
 # ------------------------------------------------------------- numpy reference
-
-
-def pads_of(padding, hw, eff, stride):
-    """((top, bottom), (left, right)) for any accepted padding spelling."""
-    if isinstance(padding, str):
-        # jax's own SAME/VALID rule, independent of funcnn's.
-        return tuple(lax.padtype_to_pads(hw, eff, stride, padding))
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    if isinstance(padding[0], int):
-        return ((padding[0], padding[0]), (padding[1], padding[1]))
-    return tuple(tuple(p) for p in padding)
 
 
 def np_conv(x, w, b, stride, pads, dilation, groups, g=None):
@@ -94,7 +80,7 @@ class Cfg(NamedTuple):
     def geometry(self):
         """(stride, dilation, pads, out_hw), normalised by the test, not funcnn."""
         kw = self.kw
-        stride, dilation = (_as_pair(kw["stride"]), _as_pair(kw["dilation"]))
+        stride, dilation = (as_pair(kw["stride"]), as_pair(kw["dilation"]))
         eff = tuple(d * (k - 1) + 1 for d, k in zip(dilation, self.w_shape[2:]))
         pads = pads_of(kw["padding"], self.x_shape[2:], eff, stride)
         out = tuple(
@@ -102,10 +88,6 @@ class Cfg(NamedTuple):
             for hw, p, e, s in zip(self.x_shape[2:], pads, eff, stride)
         )
         return stride, dilation, pads, out
-
-
-def _as_pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
 
 
 def make_cfg(x_shape, w_shape, bias=True, **kw):
@@ -153,7 +135,7 @@ def conv_configs(draw, max_hw=9):
     n = draw(st.sampled_from((2, 1, 2, 1, 2, 0)))
     hw = []
     for axis, k in enumerate((kh, kw)):
-        eff = _as_pair(dilation)[axis] * (k - 1) + 1
+        eff = as_pair(dilation)[axis] * (k - 1) + 1
         if padding == "SAME":
             low = 1
         else:
@@ -656,10 +638,8 @@ def test_dtypes(dtype, rtol, mode):
 
 def test_output_size_worked_example():
     """200x200 -> conv 5x5 pad 1 stride 2 -> 99x99 -> max pool 3x3 stride 1 ->
-    97x97 -> conv 3x3 pad 1, 2 filters -> (2, 97, 97)."""
-    assert _args.conv_out_size(200, 1, 5, 2, 1) == 99
-    assert _args.conv_out_size(99, 0, 3, 1, 1) == 97
-    assert _args.conv_out_size(97, 1, 3, 1, 1) == 97
+    97x97 -> conv 3x3 pad 1, 2 filters -> (2, 97, 97), by the texts' formula
+    floor((in + 2P - D(F-1) - 1)/S) + 1."""
 
     def chain(x, w1, w2):
         h = ops.conv2d(x, w1, padding=1, stride=2)

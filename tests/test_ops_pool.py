@@ -11,10 +11,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, fast_jit, release_compiled  # noqa: F401
+from helpers import as_pair, assert_close, fast_jit, pads_of, release_compiled  # noqa: F401
 from hypothesis import given, settings
 from hypothesis import strategies as st
-from jax import lax
 from jax.test_util import check_grads
 
 from funcnn import ops
@@ -22,22 +21,6 @@ from funcnn.ops import pool
 
 GRADS = ("custom", "autodiff")
 OPS = {"max": ops.max_pool2d, "avg": ops.avg_pool2d}
-
-
-def _as_pair(v):
-    return (v, v) if isinstance(v, int) else tuple(v)
-
-
-def pads_of(padding, hw, eff, stride):
-    """((top, bottom), (left, right)) for any accepted padding spelling."""
-    if isinstance(padding, str):
-        # jax's own SAME/VALID rule, independent of funcnn's.
-        return tuple(lax.padtype_to_pads(hw, eff, stride, padding))
-    if isinstance(padding, int):
-        return ((padding, padding), (padding, padding))
-    if isinstance(padding[0], int):
-        return ((padding[0], padding[0]), (padding[1], padding[1]))
-    return tuple(tuple(p) for p in padding)
 
 
 class Cfg(NamedTuple):
@@ -52,9 +35,9 @@ class Cfg(NamedTuple):
     def geometry(self):
         """(window, stride, dilation, pads, out_hw), worked out by the test."""
         kw = self.kw
-        window = _as_pair(kw["window"])
-        stride = window if kw.get("stride") is None else _as_pair(kw["stride"])
-        dilation = _as_pair(kw.get("dilation", 1))
+        window = as_pair(kw["window"])
+        stride = window if kw.get("stride") is None else as_pair(kw["stride"])
+        dilation = as_pair(kw.get("dilation", 1))
         eff = tuple(d * (k - 1) + 1 for d, k in zip(dilation, window))
         pads = pads_of(kw.get("padding", 0), self.x_shape[2:], eff, stride)
         out = []
@@ -148,7 +131,7 @@ def pool_configs(draw, op, max_hw=9):
     window = draw(one_or_pair(1, 3))
     stride = draw(st.one_of(st.none(), one_or_pair(1, 3)))
     dilation = draw(one_or_pair(1, 2)) if op == "max" else 1
-    eff = [d * (k - 1) + 1 for d, k in zip(_as_pair(dilation), _as_pair(window))]
+    eff = [d * (k - 1) + 1 for d, k in zip(as_pair(dilation), as_pair(window))]
     half = [e // 2 for e in eff]
     padding = draw(
         st.one_of(
@@ -272,13 +255,19 @@ FD_CFGS = [
 ]  # fmt: skip
 
 
+def distinct_values(shape, spacing, seed):
+    """A random arrangement of evenly spaced values centred on 0: no two entries
+    closer than `spacing`, so no max-pool near-ties."""
+    size = int(np.prod(shape))
+    order = np.random.default_rng(seed).permutation(size)
+    return jnp.asarray((order - size / 2).reshape(shape) * spacing)
+
+
 @pytest.mark.parametrize("cfg", FD_CFGS)
 def test_finite_differences(cfg):
-    rng = np.random.default_rng(12)
-    size = int(np.prod(cfg.x_shape))
-    # Well-separated distinct values: no two entries within 0.5, so no near-ties
-    # for the central differences (step 1e-4) to straddle.
-    x = jnp.asarray(rng.permutation(size).reshape(cfg.x_shape) * 0.5 - size / 4)
+    # No two entries within 0.5: no near-ties for the central differences (step
+    # 1e-4) to straddle.
+    x = distinct_values(cfg.x_shape, 0.5, seed=12)
     f = jax.jit(partial(OPS[cfg.op], grad="custom", **cfg.kw))
     check_grads(f, (x,), order=2, modes=["rev"])
 
@@ -295,10 +284,8 @@ HESS_CFGS = [
 
 @pytest.mark.parametrize("cfg", HESS_CFGS)
 def test_second_order_matches_autodiff(cfg):
-    rng = np.random.default_rng(13)
-    size = int(np.prod(cfg.x_shape))
-    x = jnp.asarray(rng.permutation(size).reshape(cfg.x_shape) * 0.1 - size / 20)
-    v = jnp.asarray(rng.standard_normal(cfg.x_shape))
+    x = distinct_values(cfg.x_shape, 0.1, seed=13)
+    v = jnp.asarray(np.random.default_rng(14).standard_normal(cfg.x_shape))
     res = {}
     for mode in GRADS:
 

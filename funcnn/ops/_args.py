@@ -6,7 +6,6 @@ bad call fails with a message that names the op, what it expected and what it go
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from typing import Any
 
@@ -172,8 +171,3 @@ def out_size(
         out -= 1
     extra = max((out - 1) * stride + eff - (size + lo + hi), 0)
     return out, extra
-
-
-def conv_out_size(size: int, pad: int, window: int, stride: int, dilation: int) -> int:
-    """The textbook output-size formula floor((in + 2P - D(F-1) - 1)/S) + 1."""
-    return math.floor((size + 2 * pad - dilation * (window - 1) - 1) / stride) + 1

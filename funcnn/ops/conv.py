@@ -108,13 +108,15 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
     dilation_ = _args.pair(op, "dilation", dilation)
     eff = _args.effective_window((ws[2], ws[3]), dilation_)
     pads = _args.padding(op, padding, (xs[2], xs[3]), eff, stride_)
-    for i, axis in enumerate("HW"):
-        _args.out_size(op, xs[2 + i], pads[i], eff[i], stride_[i], axis=axis)
+    out_hw = tuple(
+        _args.out_size(op, xs[2 + i], pads[i], eff[i], stride_[i], axis=axis)[0]
+        for i, axis in enumerate("HW")
+    )
     cfg = ConvConfig(stride_, pads, dilation_, groups, b is not None)
     if grad == "autodiff":
         return conv2d_reference(x, w, b, cfg)
     if groups == 1 and ws[1] * ws[2] * ws[3] <= PATCHES_MAX_TAPS:
-        geom = PatchGeometry(cfg, xs, ws)
+        geom = PatchGeometry(cfg, xs, ws, out_hw)
         return _conv2d_patches_custom(x, w, b, geom)
     return _conv2d_custom(x, w, b, cfg)
 
@@ -246,21 +248,13 @@ _conv2d_custom.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 
 class PatchGeometry(NamedTuple):
-    """Static shapes of one patches-formulation call: the config and the shapes of
-    x `(N, C_in, H, W)` and w `(C_out, C_in, KH, KW)`."""
+    """Static shapes of one patches-formulation call: the config, the shapes of
+    x `(N, C_in, H, W)` and w `(C_out, C_in, KH, KW)`, and the output's `(OH, OW)`."""
 
     conv: ConvConfig
     x_shape: tuple[int, int, int, int]
     w_shape: tuple[int, int, int, int]
-
-    @property
-    def out_hw(self) -> tuple[int, int]:
-        cfg = self.conv
-        eff = _args.effective_window(self.w_shape[2:], cfg.dilation)
-        return tuple(
-            (self.x_shape[2 + i] + sum(cfg.pads[i]) - eff[i]) // cfg.stride[i] + 1
-            for i in range(2)
-        )
+    out_hw: tuple[int, int]
 
 
 def conv2d_patches(x, geom: PatchGeometry):
