@@ -199,7 +199,7 @@ def make_step(model, grad: str, input_shape):
     """
     optimizer = optax.adam(1e-3)
     try:
-        from funcnn.train import create_train_state, make_train_step
+        from funcnn.training.step import create_train_state, make_train_step
     except ImportError:
         return _minimal_step(model, optimizer, grad, input_shape)
     state = create_train_state(model, (-1, *input_shape[1:]), optimizer)
@@ -207,7 +207,7 @@ def make_step(model, grad: str, input_shape):
 
 
 def _minimal_step(model, optimizer, grad, input_shape):
-    from funcnn.losses import softmax_cross_entropy
+    from funcnn.training.losses import softmax_cross_entropy
 
     _, params, model_state = model.init(jax.random.PRNGKey(0), tuple(input_shape))
 

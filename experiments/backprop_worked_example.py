@@ -1,6 +1,6 @@
 """The textbook backpropagation worked example, computed by funcnn.
 
-A 2-2-2 network of sigmoid units, `serial(Dense(2), Sigmoid, Dense(2), Sigmoid)`,
+A 2-2-2 network of sigmoid units, `serial(Dense(2), Sigmoid(), Dense(2), Sigmoid())`,
 with the squared error `E = sum(0.5 * (target - out)**2)` (`funcnn.mse`):
 
     inputs  i1 = 0.05, i2 = 0.10          targets  t1 = 0.01, t2 = 0.99
@@ -27,7 +27,7 @@ import optax
 
 import funcnn
 
-LAYERS = [funcnn.Dense(2), funcnn.Sigmoid, funcnn.Dense(2), funcnn.Sigmoid]
+LAYERS = [funcnn.Dense(2), funcnn.Sigmoid(), funcnn.Dense(2), funcnn.Sigmoid()]
 KEYS = [f"{i:02d}_{layer.name}" for i, layer in enumerate(LAYERS)]  # as serial names
 LEARNING_RATE = 0.5
 

@@ -77,7 +77,7 @@ def _worker(args: argparse.Namespace) -> dict:
 
     sys.path.insert(0, str(ROOT))
     from benchmarks.jax_side import build_model
-    from funcnn.train import create_train_state, make_train_step
+    from funcnn.training.step import create_train_state, make_train_step
 
     (grad,) = args.grad
     hw, channels = ((28, 28), 1) if args.model == "lenet" else ((32, 32), 3)

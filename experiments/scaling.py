@@ -63,9 +63,9 @@ def _worker(args: argparse.Namespace) -> dict:
     import numpy as np
 
     import funcnn.distributed as dp
-    from funcnn.models import MODELS
-    from funcnn.optim import make_optimizer
-    from funcnn.train import create_train_state, make_train_step
+    from funcnn.nn.models import MODELS
+    from funcnn.training.optim import make_optimizer
+    from funcnn.training.step import create_train_state, make_train_step
 
     n = args.worker
     if jax.device_count() < n:

@@ -37,11 +37,17 @@ import jax
 import numpy as np
 from tqdm import tqdm
 
-from funcnn import Layer, cluster, distributed, models, serial
-from funcnn.checkpoint import CheckpointManager
+from funcnn import Layer, distributed, models, serial
+from funcnn.distributed import cli as cluster
 from funcnn.data import batches, fit_normalizer, load_dataset, num_batches
-from funcnn.optim import make_optimizer
-from funcnn.train import create_train_state, evaluate, make_eval_step, make_train_step
+from funcnn.training.checkpoint import CheckpointManager
+from funcnn.training.optim import make_optimizer
+from funcnn.training.step import (
+    create_train_state,
+    evaluate,
+    make_eval_step,
+    make_train_step,
+)
 
 LOCKED = (  # settings a resumed run must share with its checkpoint
     "dataset",
@@ -590,7 +596,7 @@ def run(args: argparse.Namespace, stop: dict) -> int:
 
 
 def write_plots(out_dir: Path, layers: list, state, image, grad: str) -> None:
-    from funcnn import plots  # matplotlib loads only when plots are wanted
+    from funcnn.inspect import plots  # matplotlib loads only when plots are wanted
 
     records = [
         json.loads(line)

@@ -1,4 +1,4 @@
-"""Tests for funcnn.checkpoint: round trips, templates, corruption, crash safety."""
+"""Tests for funcnn.training.checkpoint: round trips, templates, corruption, crashes."""
 
 import json
 import os
@@ -17,8 +17,12 @@ import numpy as np
 import pytest
 import safetensors.numpy
 
-import funcnn.checkpoint as ckpt
-from funcnn.checkpoint import CheckpointManager, load_checkpoint, save_checkpoint
+import funcnn.training.checkpoint as ckpt
+from funcnn.training.checkpoint import (
+    CheckpointManager,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 
 class Layer(NamedTuple):

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from funcnn.checkpoint import CheckpointManager
+from funcnn.training.checkpoint import CheckpointManager
 
 ROOT = Path(__file__).resolve().parents[1]
 SCRIPT = ROOT / "experiments" / "train.py"

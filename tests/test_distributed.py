@@ -24,10 +24,10 @@ import numpy as np
 import pytest
 
 import funcnn
-import funcnn.cluster as cluster
 import funcnn.distributed as parallel
-from funcnn.optim import make_optimizer
-from funcnn.train import create_train_state, make_train_step
+import funcnn.distributed.cli as cluster
+from funcnn.training.optim import make_optimizer
+from funcnn.training.step import create_train_state, make_train_step
 
 HERE = os.path.abspath(__file__)
 ROOT = os.path.dirname(os.path.dirname(HERE))
@@ -47,16 +47,16 @@ def _bn_net():
     return funcnn.serial(
         funcnn.Conv2D(8, 3, padding="SAME", use_bias=False),
         funcnn.BatchNorm(),
-        funcnn.Relu,
+        funcnn.Relu(),
         funcnn.MaxPool2D(2),
         funcnn.Conv2D(16, 3, padding="SAME", use_bias=False),
         funcnn.BatchNorm(),
-        funcnn.Relu,
+        funcnn.Relu(),
         funcnn.MaxPool2D(2),
         funcnn.Flatten(),
         funcnn.Dense(32, use_bias=False),
         funcnn.BatchNorm(),
-        funcnn.Relu,
+        funcnn.Relu(),
         funcnn.Dropout(0.25),
         funcnn.Dense(10),
     )
@@ -206,7 +206,7 @@ def _mode_devices(steps: int, outdir: str) -> dict:
 
 def _mode_worker(port: int, pid: int, nproc: int, steps: int, outdir: str) -> dict:
     """One of several processes, each with 1 CPU device and 1/nproc of the batch."""
-    cluster.initialize_distributed(f"127.0.0.1:{port}", nproc, pid, timeout_s=60)
+    parallel.initialize_distributed(f"127.0.0.1:{port}", nproc, pid, timeout_s=60)
     assert jax.process_count() == nproc and jax.local_device_count() == 1
     mesh = parallel.make_mesh()
     state, step = _setup(PROCESS_MODEL, "custom")
@@ -243,13 +243,13 @@ def _mode_bad_setup(closed_port: int, busy_port: int) -> dict:
     """Setups that must fail fast with a clear, catchable error."""
     out = {}
     cases = {
-        "unreachable": lambda: cluster.initialize_distributed(
+        "unreachable": lambda: parallel.initialize_distributed(
             f"127.0.0.1:{closed_port}", 2, 1, timeout_s=2
         ),
-        "busy_port": lambda: cluster.initialize_distributed(
+        "busy_port": lambda: parallel.initialize_distributed(
             f"127.0.0.1:{busy_port}", 2, 0, timeout_s=2
         ),
-        "partial": lambda: cluster.initialize_distributed("127.0.0.1:1234", 2),
+        "partial": lambda: parallel.initialize_distributed("127.0.0.1:1234", 2),
     }
     with socket.socket() as busy:
         busy.bind(("", busy_port))
@@ -268,7 +268,7 @@ def _mode_bad_setup(closed_port: int, busy_port: int) -> dict:
 
 def _mode_lonely(port: int, timeout_s: float) -> dict:
     """Process 0 of 2 whose peer never starts: the watchdog must end it."""
-    cluster.initialize_distributed(f"127.0.0.1:{port}", 2, 0, timeout_s=timeout_s)
+    parallel.initialize_distributed(f"127.0.0.1:{port}", 2, 0, timeout_s=timeout_s)
     return {"returned": True}  # not reached
 
 
@@ -290,7 +290,7 @@ def _env(devices: int = 1) -> dict[str, str]:
     env = {
         k: v
         for k, v in os.environ.items()
-        if not k.startswith("FUNCNN_") and k != cluster.ENV_JAX_COORDINATOR
+        if not k.startswith("FUNCNN_") and k != parallel.launch.ENV_JAX_COORDINATOR
     }
     flags = [
         f

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 
 import funcnn
-from funcnn.gradcheck import GradcheckReport, LeafCheck
+from funcnn.inspect.gradcheck import GradcheckReport, LeafCheck
 
 
 def _normal(seed, *shape):
@@ -113,7 +113,7 @@ def test_batchnorm_and_dropout_in_training():
 def test_model_with_loss_passes_and_names_leaves():
     model = funcnn.serial(
         funcnn.Conv2D(2, 3, padding=1),
-        funcnn.Relu,
+        funcnn.Relu(),
         funcnn.MaxPool2D(2),
         funcnn.Flatten(),
         funcnn.Dense(3),
@@ -139,7 +139,7 @@ def test_model_with_loss_passes_and_names_leaves():
 
 
 def test_model_with_mse_targets():
-    model = funcnn.serial(funcnn.Dense(2), funcnn.Sigmoid)
+    model = funcnn.serial(funcnn.Dense(2), funcnn.Sigmoid())
     x, t = _normal(0, 2, 3), np.array([[0.1, 0.9], [0.5, 0.2]])
     report = funcnn.gradcheck(model, x, labels=t, loss=funcnn.mse)
     assert report.ok, str(report)
@@ -210,7 +210,7 @@ def test_max_pool_ties_and_near_ties_are_reported_non_smooth():
 
 def test_relu_at_zero_is_reported_non_smooth():
     x = np.array([[0.0, 1.5, -0.7, 0.0, 2.0]])
-    report = funcnn.gradcheck(funcnn.Relu, x)
+    report = funcnn.gradcheck(funcnn.Relu(), x)
     (row,) = report.rows
     assert set(row.nonsmooth) == {(0, 0), (0, 3)}
     assert report.ok, str(report)
@@ -219,7 +219,7 @@ def test_relu_at_zero_is_reported_non_smooth():
 def test_smooth_curvature_is_not_mistaken_for_a_kink():
     # tanh(50 x): second derivatives up to ~2000, so the one-sided slopes at the
     # default step disagree at most points; the smaller steps show it is smooth.
-    layer = funcnn.layers.elementwise(lambda x: jnp.tanh(50.0 * x), "steep")
+    layer = funcnn.nn.elementwise(lambda x: jnp.tanh(50.0 * x), "steep")
     report = funcnn.gradcheck(layer, 0.02 * _normal(0, 4, 8))
     assert report.ok, str(report)
     assert report.num_nonsmooth == 0
@@ -235,12 +235,12 @@ def test_errors():
     with pytest.raises(TypeError, match="expected an op that takes a grad= keyword"):
         funcnn.gradcheck(jnp.sin, x)
     with pytest.raises(ValueError, match="expected an input x or input_shape="):
-        funcnn.gradcheck(funcnn.Relu)
+        funcnn.gradcheck(funcnn.Relu())
     with pytest.raises(ValueError, match="expected a floating-point array"):
         funcnn.gradcheck(funcnn.max_pool2d, np.ones((1, 1, 2, 2), np.int32), 2)
     with pytest.raises(ValueError, match=r"expected \['labels'\] only with a Layer"):
         funcnn.gradcheck(funcnn.max_pool2d, x, 2, labels=np.zeros(1, np.int32))
     with pytest.raises(ValueError, match="expected labels= with loss="):
-        funcnn.gradcheck(funcnn.Relu, x, loss=funcnn.mse)
+        funcnn.gradcheck(funcnn.Relu(), x, loss=funcnn.mse)
     with pytest.raises(ValueError, match="expected max_coords_per_leaf >= 0"):
-        funcnn.gradcheck(funcnn.Relu, x, eps=0.0)
+        funcnn.gradcheck(funcnn.Relu(), x, eps=0.0)

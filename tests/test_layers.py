@@ -120,9 +120,9 @@ LAYERS = [
     ("gap", GlobalAvgPool2D(), (B, 3, 7, 6)),
     ("dense", Dense(5), (B, 12)),
     ("flatten", Flatten(), (B, 3, 4, 5)),
-    ("relu", Relu, (B, 7)),
-    ("sigmoid", Sigmoid, (B, 2, 3, 3)),
-    ("tanh", Tanh, (B, 7)),
+    ("relu", Relu(), (B, 7)),
+    ("sigmoid", Sigmoid(), (B, 2, 3, 3)),
+    ("tanh", Tanh(), (B, 7)),
     ("leaky_relu", LeakyRelu(0.2), (B, 7)),
     ("softmax", Softmax(), (B, 7)),
     ("batchnorm-4d", BatchNorm(), (B, 3, 4, 4)),
@@ -135,13 +135,13 @@ LAYERS = [
     ("fanout", FanOut(3), (B, 2, 4, 4)),
     ("add", Add(), ((B, 2, 4, 4), (B, 2, 4, 4))),
     ("identity", Identity(), (B, 2, 4, 4)),
-    ("serial", serial(Conv2D(4, 3), Relu, MaxPool2D(2), Flatten(), Dense(3)),
+    ("serial", serial(Conv2D(4, 3), Relu(), MaxPool2D(2), Flatten(), Dense(3)),
      (B, 2, 8, 8)),
     ("parallel", parallel(Conv2D(2, 1), Identity()), ((B, 3, 4, 4), (B, 5))),
     ("branches", serial(branches(Conv2D(2, 3, padding=1),
                                  MaxPool2D(3, stride=1, padding=1)), Concat()),
      (B, 3, 6, 6)),
-    ("residual", residual(Conv2D(3, 3, padding=1), Relu), (B, 3, 5, 5)),
+    ("residual", residual(Conv2D(3, 3, padding=1), Relu()), (B, 3, 5, 5)),
     ("residual-shortcut", residual(Conv2D(4, 3, stride=2, padding=1),
                                    shortcut=Conv2D(4, 1, stride=2)), (B, 3, 6, 6)),
     ("lenet-8x8", funcnn.lenet(input_hw=(8, 8)), (B, 1, 8, 8)),
@@ -224,9 +224,9 @@ def np_softmax(x, axis):
 @pytest.mark.parametrize(
     "layer, fn",
     [
-        (Relu, lambda x: np.maximum(x, 0)),
-        (Sigmoid, lambda x: 1 / (1 + np.exp(-x))),
-        (Tanh, np.tanh),
+        (Relu(), lambda x: np.maximum(x, 0)),
+        (Sigmoid(), lambda x: 1 / (1 + np.exp(-x))),
+        (Tanh(), np.tanh),
         (LeakyRelu(), lambda x: np.where(x > 0, x, 0.01 * x)),
         (LeakyRelu(0.2), lambda x: np.where(x > 0, x, 0.2 * x)),
         (Softmax(), lambda x: np_softmax(x, 1)),
@@ -315,7 +315,7 @@ def test_batchnorm_matches_torch(run_torch):
         c = shape[1]
         params = {"scale": rand((c,), 11 + i, jnp.float64),
                   "bias": rand((c,), 12 + i, jnp.float64)}  # fmt: skip
-        state = funcnn.layers.BatchNormState(
+        state = funcnn.nn.BatchNormState(
             rand((c,), 13 + i, jnp.float64), jnp.exp(rand((c,), 14 + i, jnp.float64))
         )
         x = rand(shape, 15 + i, jnp.float64, loc=-1.0)
@@ -404,14 +404,13 @@ def test_concat_split_negative_axis():
 
 
 def test_residual_is_block_plus_input():
-    net = residual(Conv2D(3, 3, padding=1), Relu)
+    net = residual(Conv2D(3, 3, padding=1), Relu())
     _, params, state = net.init(KEY, (B, 3, 5, 5))
     x = rand((2, 3, 5, 5), 20)
     y, _ = net.apply(params, state, x)
-    # residual = serial(branches(serial(*block), shortcut), Add()), and
-    # branches = serial(FanOut, parallel): the paths say so.
-    p = params["00_serial"]["01_parallel"]["00_serial"]["00_conv"]
-    assert set(params["00_serial"]["01_parallel"]) == {"00_serial", "01_identity"}
+    # The block's layers and the shortcut are the residual's own children.
+    p = params["00_conv"]
+    assert set(params) == {"00_conv", "01_relu", "shortcut"}
     want = jax.nn.relu(ops.conv2d(x, p["w"], p["b"], padding=1)) + x
     np.testing.assert_allclose(y, want, rtol=1e-6, atol=1e-6)
 
@@ -424,7 +423,7 @@ def test_parallel_branches_fanout_add_identity():
     np.testing.assert_allclose(y, 6 * x, rtol=1e-6)
     y, _ = Identity().apply({}, {}, x)
     assert y is x
-    net = parallel(Tanh, Identity(), Flatten())
+    net = parallel(Tanh(), Identity(), Flatten())
     shapes, params, state = net.init(KEY, ((B, 3), (B, 2), (B, 2, 2)))
     assert shapes == ((B, 3), (B, 2), (B, 4))
     a, b, c = rand((2, 3), 22), rand((2, 2), 23), rand((2, 2, 2), 24)
@@ -432,7 +431,7 @@ def test_parallel_branches_fanout_add_identity():
     np.testing.assert_allclose(ya, np.tanh(a), rtol=1e-6)
     np.testing.assert_array_equal(yb, b)
     np.testing.assert_array_equal(yc, c.reshape(2, 4))
-    net = branches(Relu, Tanh)
+    net = branches(Relu(), Tanh())
     (yr, yt), _ = net.apply(*net.init(KEY, (B, 3))[1:], a)
     np.testing.assert_array_equal(yr, jax.nn.relu(a))
     np.testing.assert_array_equal(yt, jnp.tanh(a))
@@ -467,7 +466,7 @@ def test_param_tree_keys_are_readable():
     assert "['11_dense']['w']" in paths
     _, params, state = abstract_init(funcnn.vgg_small(), (B, 3, 8, 8))
     assert set(params["00_conv"]) == {"w"}  # no bias in front of BatchNorm
-    assert isinstance(state["01_batchnorm"], funcnn.layers.BatchNormState)
+    assert isinstance(state["01_batchnorm"], funcnn.nn.BatchNormState)
 
 
 MODELS = [
@@ -521,6 +520,17 @@ def test_model_jit_equals_eager():
 
 # ---------------------------------------------------------------------- errors
 
+def _net_call(swap=False, other_state=False, **kwargs):
+    """Calls a small conv-batchnorm model, with its arguments spoiled as asked."""
+    net = serial(Conv2D(2, 1), BatchNorm())
+    _, params, state = net.init(KEY, (B, 1, 3, 3))
+    if swap:
+        params, state = state, params
+    if other_state:
+        state = serial(Conv2D(2, 1), Relu()).init(KEY, (B, 1, 3, 3))[2]
+    return net.apply(params, state, jnp.ones((2, 1, 3, 3)), **kwargs)
+
+
 LAYER_ERRORS = [
     (lambda: Conv2D(0, 3), ValueError,
      "Conv2D: expected out_channels to be a positive int, got 0."),
@@ -528,7 +538,7 @@ LAYER_ERRORS = [
     (lambda: Conv2D(4, 3).init(KEY, (B, 3, 8)), ValueError,
      "Conv2D: expected an input shape of rank 4 (N, C_in, H, W), got (-1, 3, 8)."),
     (lambda: Conv2D(4, 3, groups=2).init(KEY, (B, 3, 8, 8)), ValueError,
-     "Conv2D: expected groups (=2) to divide C_in (=3)."),
+     "Conv2D: expected groups (=2) to divide C_in (=3) and out_channels (=4)."),
     (lambda: Conv2D(4, 5).init(KEY, (B, 3, 3, 3)), ValueError,
      "conv2d: expected the effective window (5) to fit in the padded input along H"),
     (lambda: MaxPool2D(3, padding=2).init(KEY, (B, 3, 8, 8)), ValueError,
@@ -552,10 +562,38 @@ LAYER_ERRORS = [
     (lambda: Dropout(-0.1), ValueError,
      "Dropout: expected 0 <= rate < 1 (the probability of dropping), got -0.1."),
     (lambda: serial(), TypeError,
-     "serial: expected one or more Layer objects, got ()."),
-    (lambda: serial(Relu, jax.nn.relu), TypeError,
-     "serial: expected one or more Layer objects"),
-    (lambda: parallel(Relu, Tanh).init(KEY, (B, 3)), ValueError,
+     "serial: expected one or more Layer objects, got none."),
+    (lambda: serial(Relu(), jax.nn.relu), TypeError,
+     "serial: expected Layer objects, got custom_jvp at position 1"),
+    (lambda: serial(Conv2D(2, 1), Relu), TypeError,
+     "serial: expected Layer objects, got function at position 1 (<function Relu"),
+    (lambda: serial(Relu) and None, TypeError, "Call the factory: Relu() rather than"),
+    (lambda: _net_call(trian=True), TypeError,
+     "serial.apply: expected only the keywords train, key, grad, hook, got 'trian'. "
+     "Did you mean 'train'?"),
+    (lambda: Relu().apply({}, {}, jnp.ones(2), gard="custom"), TypeError,
+     "Relu.apply: expected only the keywords train, key, grad, hook, got 'gard'."),
+    (lambda: _net_call(swap=True), TypeError,
+     "Conv2D.apply: expected params with keys ['w'], got a dict with keys []. Pass "
+     "apply(params, state, x) in that order"),
+    (lambda: _net_call(other_state=True), ValueError,
+     "serial.apply: expected state with keys ['00_conv', '01_batchnorm'], got "
+     "missing ['01_batchnorm'] and extra ['01_relu']. Pass the state that this "
+     "model's init returned"),
+    (lambda: Conv2D(2, 1).apply(BatchNorm().init(KEY, (B, 2))[2], {}, jnp.ones(2)),
+     TypeError, "Conv2D.apply: expected params with keys ['w'], got a BatchNormState"),
+    (lambda: BatchNorm().apply({"scale": 1, "bias": 0}, {}, jnp.ones((2, 3))),
+     TypeError, "BatchNorm.apply: expected state to be a BatchNormState(mean, var), "
+     "got a dict with keys []."),
+    (lambda: _net_call(grad={"*pool*": "autodiff", "*": "custom"}), ValueError,
+     "serial: expected every grad mapping key to match a layer path, got ['*pool*'] "
+     "matching none. The model's layer paths are ['00_conv', '01_batchnorm']."),
+    (lambda: Conv2D(4, 1).init(KEY, (B, 0, 4, 4)), ValueError,
+     "Conv2D: expected at least one input channel, got input shape (-1, 0, 4, 4)."),
+    (lambda: BatchNorm(eps=-1.0), ValueError, "BatchNorm: expected eps > 0, got -1.0."),
+    (lambda: LeakyRelu(5), ValueError,
+     "LeakyRelu: expected 0 <= negative_slope < 1, got 5."),
+    (lambda: parallel(Relu(), Tanh()).init(KEY, (B, 3)), ValueError,
      "parallel: expected a tuple of 2 input shapes, got (-1, 3). Use branches(...) to "
      "feed one input to every layer, or FanOut/Split before parallel."),
     (lambda: Add().init(KEY, ((B, 3), (B, 4))), ValueError,

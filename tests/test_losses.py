@@ -1,4 +1,4 @@
-"""Tests for funcnn.losses: values against numpy and hand-computed answers,
+"""Tests for funcnn.training.losses: values against numpy and hand-computed answers,
 gradients against the softmax-minus-one-hot formula, and error messages."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from funcnn.losses import accuracy, mse, softmax_cross_entropy
+from funcnn.training.losses import accuracy, mse, softmax_cross_entropy
 
 
 def np_log_softmax(x):

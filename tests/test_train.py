@@ -1,4 +1,4 @@
-"""Tests for funcnn.train and funcnn.optim: steps against optax applied by hand,
+"""Tests for funcnn.training (step, optim): steps against optax applied by hand,
 custom vs autodiff backward rules, non-finite skipping, donation, exact eval
 aggregation and every optimizer and schedule."""
 
@@ -20,9 +20,14 @@ from funcnn import (
     serial,
     softmax_cross_entropy,
 )
-from funcnn.checkpoint import load_checkpoint, save_checkpoint
-from funcnn.optim import OPTIMIZERS, learning_rate, make_optimizer, make_schedule
-from funcnn.train import (
+from funcnn.training.checkpoint import load_checkpoint, save_checkpoint
+from funcnn.training.optim import (
+    OPTIMIZERS,
+    learning_rate,
+    make_optimizer,
+    make_schedule,
+)
+from funcnn.training.step import (
     TrainState,
     create_train_state,
     evaluate,
@@ -38,7 +43,7 @@ def tiny(batchnorm=False, dropout=0.0):
     return serial(
         Conv2D(3, 3, padding="SAME", use_bias=not batchnorm),
         *([BatchNorm()] if batchnorm else []),
-        Relu,
+        Relu(),
         MaxPool2D(2),
         Flatten(),
         *([Dropout(dropout)] if dropout else []),
@@ -322,7 +327,7 @@ def test_train_state_round_trips_through_a_checkpoint(tmp_path):
 def test_errors_name_the_bad_value():
     model = tiny()
     opt = optax.sgd(0.1)
-    with pytest.raises(ValueError, match="expected grad='custom' or 'autodiff'"):
+    with pytest.raises(ValueError, match="expected grad to be one of"):
         make_train_step(model, opt, grad="numeric")
     with pytest.raises(ValueError, match="expected loss in"):
         make_train_step(model, opt, loss="hinge")

@@ -15,6 +15,8 @@ GRAD_MODES = ("custom", "autodiff")
 
 Pair = tuple[int, int]
 Pads = tuple[tuple[int, int], tuple[int, int]]
+# What `padding=` accepts: an int, a pair, a pair of pairs, or "SAME" / "VALID".
+PaddingSpec = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] | str
 
 
 def check_grad_mode(op: str, grad: Any) -> str:

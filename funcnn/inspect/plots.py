@@ -16,7 +16,7 @@ import numpy as np
 from matplotlib.backends.backend_agg import FigureCanvasAgg
 from matplotlib.figure import Figure
 
-from funcnn.layers import Layer
+from funcnn.nn.core import Layer
 
 FEATURE_LAYERS = ("conv", "maxpool", "avgpool")
 

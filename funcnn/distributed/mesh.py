@@ -13,7 +13,7 @@ global batch, and XLA's SPMD partitioner inserts the all-reduces that make
 so the custom backward rules in `funcnn.ops` run unchanged on every shard.
 
 Several processes (one per host, or per GPU): call
-`funcnn.cluster.initialize_distributed` first,
+`funcnn.distributed.initialize_distributed` first,
 before any other JAX call; every process then runs the same program. Process p of
 P owns the *contiguous* examples `[p * N // P, (p + 1) * N // P)` of each global
 batch (`process_local_batch`). Feed either the whole global batch, the same in
@@ -21,7 +21,7 @@ every process, to the step (each keeps its part), or only this process's part
 through `shard_batch`, which assembles the global array from the parts.
 
 Starting several processes, and the command-line flags for all this, live in
-`funcnn.cluster`.
+`funcnn.distributed.launch` and `funcnn.distributed.cli`.
 
 """
 
@@ -66,68 +66,6 @@ def make_mesh(devices: Sequence[Any] | None = None, axis_name: str = DATA_AXIS) 
         raise ValueError(f"make_mesh: expected distinct devices, got {devices}.")
     devices.sort(key=lambda d: (d.process_index, d.id))
     return Mesh(np.array(devices), (axis_name,))
-
-
-def select_devices(spec: str | int | None = None) -> list[Any]:
-    """The devices meant by a `--devices` value.
-
-    Args:
-        spec: "all" for every (global) device; an int N for N devices, N / P from
-            each of the P processes; None for "all" with several processes and 1
-            otherwise.
-
-    Returns:
-        A list of devices, ordered as `make_mesh` orders them.
-
-    Raises:
-        ValueError: if N is not positive, exceeds the devices available, or is not
-            divisible by the number of processes.
-    """
-    nproc = jax.process_count()
-    if spec is None:
-        spec = "all" if nproc > 1 else 1
-    if spec == "all":
-        return list(jax.devices())
-    n = parse_devices(spec)
-    available = jax.device_count()
-    if n > available:
-        raise ValueError(
-            f"select_devices: expected at most the {available} visible devices, got "
-            f"--devices {n}. Use --devices all, or make more devices visible "
-            "(CUDA_VISIBLE_DEVICES; on CPU XLA_FLAGS="
-            f"--xla_force_host_platform_device_count={n})."
-        )
-    if n % nproc:
-        raise ValueError(
-            f"select_devices: expected --devices (={n}) to be divisible by the "
-            f"number of processes (={nproc}), so that each takes the same share. "
-            "Use --devices all or a multiple of the number of processes."
-        )
-    per_process = n // nproc
-    chosen = []
-    for p in range(nproc):
-        own = sorted(
-            (d for d in jax.devices() if d.process_index == p), key=lambda d: d.id
-        )
-        if len(own) < per_process:
-            raise ValueError(
-                f"select_devices: expected {per_process} devices in process {p} for "
-                f"--devices {n}, but it has {len(own)}. Use --devices all."
-            )
-        chosen.extend(own[:per_process])
-    return chosen
-
-
-def parse_devices(spec: str | int) -> int:
-    try:
-        n = int(spec)
-    except (TypeError, ValueError):
-        raise ValueError(
-            f"--devices: expected 'all' or a positive int, got {spec!r}."
-        ) from None
-    if n < 1:
-        raise ValueError(f"--devices: expected 'all' or a positive int, got {spec!r}.")
-    return n
 
 
 def _axis(mesh: Mesh) -> str:
@@ -351,7 +289,7 @@ def data_parallel(
     N over the mesh axis. Outputs: all replicated, so `(state, metrics)` from a
     train step, or `metrics` from an evaluation step, come back whole on every
     device. The step must reduce over the batch with means over the logical
-    array (as `funcnn.train` steps do); XLA turns those into cross-device
+    array (as `funcnn.make_train_step`'s steps do); XLA turns those into cross-device
     all-reduces, so gradients and BatchNorm statistics are over the global batch.
 
     The returned function checks the batch eagerly (`check_batch`) and then calls
@@ -359,7 +297,7 @@ def data_parallel(
 
     Args:
         step_fn: pure `(state, batch) -> outputs`, e.g. from
-            `funcnn.train.make_train_step(..., jit=False)`.
+            `funcnn.make_train_step(..., jit=False)`.
         mesh: a one-axis mesh from `make_mesh`.
         donate: donate the input state's buffers to the output state (the caller
             must not use the old state afterwards). Use False for evaluation.

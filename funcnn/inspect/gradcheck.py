@@ -40,8 +40,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax.flatten_util import ravel_pytree
 
-from funcnn.layers import Layer
-from funcnn.losses import softmax_cross_entropy
+from funcnn.nn.core import Layer
+from funcnn.training.losses import softmax_cross_entropy
 
 _CHUNK = 32  # FD evaluations per compiled call: one shape, so one compile
 _REFINE = (4, 16)  # step divisors tried where the one-sided slopes disagree

@@ -1,15 +1,12 @@
-"""Several processes on JAX's own runtime, and the command-line flags for scale-out.
+"""Starting several processes on JAX's own runtime (`jax.distributed`).
 
 `initialize_distributed` wraps `jax.distributed.initialize` so that a missing
-coordinator or missing peers give a clear error instead of a hang.
-`add_cli_arguments` and `setup_from_args` give scripts `--devices`,
-`--coordinator-address`, `--num-processes` and `--process-id`, and return the
-mesh for `funcnn.distributed.data_parallel`.
+coordinator or missing peers give a clear error instead of a hang. The command-line
+flags that lead here live in `funcnn.distributed.cli`.
 """
 
 from __future__ import annotations
 
-import argparse
 import os
 import socket
 import sys
@@ -18,9 +15,6 @@ import time
 from collections.abc import Sequence
 
 import jax
-from jax.sharding import Mesh
-
-from funcnn.distributed import make_mesh, parse_devices, select_devices
 
 # Environment variables read by `initialize_distributed` when an argument is None.
 # JAX itself also reads JAX_COORDINATOR_ADDRESS (used when FUNCNN_... is unset) and
@@ -244,101 +238,3 @@ def initialize_distributed(
     finally:
         watchdog.cancel()
     return True
-
-
-# ------------------------------------------------------------------------------ CLI
-
-
-def _devices_arg(value: str) -> str | int:
-    if value == "all":
-        return value
-    try:
-        return parse_devices(value)
-    except ValueError as err:
-        raise argparse.ArgumentTypeError(str(err)) from None
-
-
-def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
-    """Adds the data-parallel flags to `parser` (returned for chaining).
-
-    --devices {all,N}, --coordinator-address, --num-processes, --process-id,
-    --distributed (auto-detect a TPU pod / Slurm / Open MPI cluster) and
-    --coordinator-timeout. Read them back with `setup_from_args`.
-    """
-    group = parser.add_argument_group("data parallelism (funcnn.distributed)")
-    group.add_argument(
-        "--devices",
-        type=_devices_arg,
-        default=None,
-        metavar="{all,N}",
-        help="devices to split each batch over: 'all' visible devices (of every "
-        "process) or N (N / P from each of P processes). Default: 1 in a single "
-        "process, all with several.",
-    )
-    group.add_argument(
-        "--coordinator-address",
-        default=None,
-        metavar="HOST:PORT",
-        help=f"address of process 0 for a multi-process run (or ${ENV_COORDINATOR} "
-        f"/ ${ENV_JAX_COORDINATOR}).",
-    )
-    group.add_argument(
-        "--num-processes",
-        type=int,
-        default=None,
-        help=f"number of processes (or ${ENV_NUM_PROCESSES}).",
-    )
-    group.add_argument(
-        "--process-id",
-        type=int,
-        default=None,
-        help=f"this process's index in [0, num_processes) (or ${ENV_PROCESS_ID}).",
-    )
-    group.add_argument(
-        "--distributed",
-        action="store_true",
-        help="initialise jax.distributed even without the flags above, letting JAX "
-        "detect a Cloud TPU pod, Slurm, Open MPI or Kubernetes cluster.",
-    )
-    group.add_argument(
-        "--coordinator-timeout",
-        type=float,
-        default=DEFAULT_TIMEOUT_S,
-        metavar="SECONDS",
-        help="seconds to wait for the coordinator and the other processes "
-        f"(default {DEFAULT_TIMEOUT_S:g}).",
-    )
-    return parser
-
-
-def setup_from_args(args: argparse.Namespace) -> Mesh | None:
-    """Starts the multi-process runtime if asked, and builds the mesh.
-
-    Call it at the top of `main()`, before any other JAX call.
-
-    Args:
-        args: parsed arguments from a parser given to `add_cli_arguments`.
-
-    Returns:
-        The data-parallel mesh, or None when the run is one device in one process
-        (keep the plain `jax.jit` step then).
-    """
-    distributed = (
-        args.distributed
-        or any(
-            v is not None
-            for v in (args.coordinator_address, args.num_processes, args.process_id)
-        )
-        or any(os.environ.get(k) for k in _ENV_VARS)
-    )
-    if distributed:
-        initialize_distributed(
-            args.coordinator_address,
-            args.num_processes,
-            args.process_id,
-            timeout_s=args.coordinator_timeout,
-        )
-    devices = select_devices(args.devices)
-    if len(devices) == 1 and jax.process_count() == 1:
-        return None
-    return make_mesh(devices)

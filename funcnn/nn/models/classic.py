@@ -1,18 +1,13 @@
-"""Ready-made networks built from funcnn layers."""
+"""The classic small CNNs: LeNet-5 and a small VGG."""
 
 from __future__ import annotations
 
-from funcnn.combinators import serial
-from funcnn.layers import (
-    BatchNorm,
-    Conv2D,
-    Dense,
-    Dropout,
-    Flatten,
-    Layer,
-    MaxPool2D,
-    Relu,
-)
+from funcnn.nn.basic import Dense, Dropout, Flatten, Relu
+from funcnn.nn.combinators import serial
+from funcnn.nn.conv import Conv2D
+from funcnn.nn.core import Layer
+from funcnn.nn.norm import BatchNorm
+from funcnn.nn.pool import MaxPool2D
 
 
 def lenet_layers(
@@ -32,16 +27,16 @@ def lenet_layers(
     small = min(input_hw) < 16
     return [
         Conv2D(6 * width, 5, padding="SAME" if small else 2),
-        Relu,
+        Relu(),
         MaxPool2D(2),
         Conv2D(16 * width, second_kernel, padding="SAME" if small else 0),
-        Relu,
+        Relu(),
         MaxPool2D(2),
         Flatten(),
         Dense(120),
-        Relu,
+        Relu(),
         Dense(84),
-        Relu,
+        Relu(),
         Dense(num_classes),
     ]
 
@@ -79,7 +74,7 @@ def vgg_small_layers(
         return [
             Conv2D(channels, 3, padding="SAME", use_bias=not batchnorm),
             *norm,
-            Relu,
+            Relu(),
         ]
 
     return [

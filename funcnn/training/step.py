@@ -23,9 +23,10 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from funcnn.layers import Layer
-from funcnn.losses import accuracy, mse, softmax_cross_entropy
-from funcnn.optim import learning_rate
+from funcnn import rules
+from funcnn.nn.core import Layer
+from funcnn.training.losses import accuracy, mse, softmax_cross_entropy
+from funcnn.training.optim import learning_rate
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -112,14 +113,6 @@ def _smoothed_cross_entropy(logits, labels, eps: float):
     return (1.0 - eps) * nll - eps * jnp.mean(jax.nn.log_softmax(logits, axis=-1))
 
 
-def _check_grad(func: str, grad: str) -> None:
-    if grad not in ("custom", "autodiff"):
-        raise ValueError(
-            f"{func}: expected grad='custom' or 'autodiff', got {grad!r}. 'custom' "
-            "uses funcnn's hand-written conv/pool backward rules."
-        )
-
-
 def _global_norm(tree) -> jax.Array:
     # Written out: optax.global_norm is deprecated and optax.tree.norm is new.
     leaves = jax.tree_util.tree_leaves(tree)
@@ -165,7 +158,7 @@ def make_train_step(
         (the rate of this update) when the optimizer injects one.
     """
     func = "make_train_step"
-    _check_grad(func, grad)
+    rules.validate(func, grad)
     loss_of = _loss_fn(loss, label_smoothing)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -231,7 +224,7 @@ def make_eval_step(
         losses), "correct" (the number of right argmax predictions) and "count"
         (the number of examples counted), so sums over batches are exact totals.
     """
-    _check_grad("make_eval_step", grad)
+    rules.validate("make_eval_step", grad)
     loss_of = _loss_fn(loss)
     # Per-example losses from the library's own mean loss applied row by row.
     per_example = jax.vmap(lambda o, t: loss_of(o[None], t[None]))

@@ -1,0 +1,81 @@
+"""Batch normalisation, with its running statistics as explicit state."""
+
+from __future__ import annotations
+
+import math
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+
+from funcnn.nn.core import Layer, describe, leaf
+
+
+class BatchNormState(NamedTuple):
+    mean: jax.Array  # shape=(C,) running mean, float32 (or float64)
+    var: jax.Array  # shape=(C,) running (unbiased) variance, same dtype
+
+
+def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, dtype=jnp.float32) -> Layer:
+    """Batch normalisation over `(N, C, H, W)` or `(N, C)`, per channel C.
+
+    In training, normalises with the batch's statistics over N (and H, W) and
+    returns the updated running statistics:
+    `running = (1 - momentum) * running + momentum * batch` (PyTorch's convention;
+    the running variance uses the unbiased batch variance). In evaluation it uses
+    the running statistics and leaves them unchanged.
+
+    The statistics are computed in float32 whatever the input's dtype (bfloat16
+    under mixed precision), and the output has the input's dtype.
+
+    Params: `{"scale": (C,), "bias": (C,)}`. State: `BatchNormState(mean, var)`.
+    Under a data-parallel `jax.jit` the batch statistics are over the global batch.
+    """
+    label = "BatchNorm"
+    if not 0.0 <= momentum <= 1.0:
+        raise ValueError(f"{label}: expected 0 <= momentum <= 1, got {momentum!r}.")
+    if not eps > 0.0:
+        raise ValueError(f"{label}: expected eps > 0, got {eps!r}.")
+
+    def init(key, input_shape):
+        del key
+        if not isinstance(input_shape, tuple) or len(input_shape) not in (2, 4):
+            raise ValueError(
+                f"{label}: expected an input shape (N, C) or (N, C, H, W), got "
+                f"{input_shape!r}."
+            )
+        c = input_shape[1]
+        params = {"scale": jnp.ones((c,), dtype), "bias": jnp.zeros((c,), dtype)}
+        stats = jnp.promote_types(dtype, jnp.float32)
+        state = BatchNormState(jnp.zeros((c,), stats), jnp.ones((c,), stats))
+        return input_shape, params, state
+
+    def apply(params, state, x, *, train=False, **_):
+        if not isinstance(state, BatchNormState):
+            raise TypeError(
+                f"{label}.apply: expected state to be a BatchNormState(mean, var), "
+                f"got {describe(state)}. Pass apply(params, state, x) in that order, "
+                "with the state that init returned for this model."
+            )
+        axes = (0,) if x.ndim == 2 else (0, 2, 3)
+        bshape = (1, -1) + (1,) * (x.ndim - 2)
+        # At least float32 for the statistics, float64 stays float64.
+        x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
+        if train:
+            mean = jnp.mean(x32, axis=axes)
+            var = jnp.mean(jnp.square(x32 - mean.reshape(bshape)), axis=axes)
+            count = math.prod(x.shape[a] for a in axes)
+            unbiased = var * (count / max(count - 1, 1))
+            state = BatchNormState(
+                (1 - momentum) * state.mean + momentum * mean,
+                (1 - momentum) * state.var + momentum * unbiased,
+            )
+        else:
+            mean, var = state.mean, state.var
+        scale = params["scale"].astype(x32.dtype)
+        bias = params["bias"].astype(x32.dtype)
+        inv = jax.lax.rsqrt(var + eps) * scale
+        y = (x32 - mean.reshape(bshape)) * inv.reshape(bshape) + bias.reshape(bshape)
+        return y.astype(x.dtype), state
+
+    return leaf(label, "batchnorm", init, apply, param_keys=("scale", "bias"))
