@@ -458,3 +458,32 @@ def test_errors_name_what_was_expected(cnn):
                        r"Did you mean '02_dense'\?"):  # fmt: skip
         trace["02_dens"]
     assert "02_dense" in trace and "03_dense" not in trace
+
+
+# -------------------------------------------------------------------- plots
+
+
+def test_delta_and_grad_flow_plots(tmp_path):
+    plots = pytest.importorskip("funcnn.inspect.plots")
+    model = serial(Conv2D(2, 3, padding=1), Relu(), MaxPool2D(2), Flatten(), Dense(3))
+    params, state = _params(model, (-1, 1, 4, 4))
+    image = np.asarray(_batch((1, 1, 4, 4))[0][0])
+    written = plots.plot_deltas(model, params, state, image, 1, tmp_path / "d.png")
+    assert written.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    records = [
+        {
+            "type": "step",
+            "step": s,
+            "grad_norm/00_conv": 1.0 / s,
+            "delta_rms/00_conv": 2.0,
+        }
+        for s in range(1, 4)
+    ]
+    flow = plots.plot_grad_flow(records + [{"type": "epoch"}], tmp_path / "g.png")
+    assert flow.stat().st_size > 1000
+    with pytest.raises(ValueError, match=r"plot_deltas: expected one image of shape"):
+        plots.plot_deltas(model, params, state, image[None], 1, tmp_path / "x.png")
+    with pytest.raises(ValueError, match=r"expected pool to be .* \['02_maxpool'\]"):
+        plots.plot_deltas(model, params, state, image, 1, tmp_path / "x.png", pool="x")
+    with pytest.raises(ValueError, match=r"expected metrics records with 'grad_norm/"):
+        plots.plot_grad_flow([{"type": "step", "step": 1, "loss": 1.0}], tmp_path / "x")
