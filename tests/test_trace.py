@@ -390,13 +390,14 @@ def test_layer_stats_equal_the_backward_trace():
     model, opt = _small_with_dropout(), optax.adam(1e-3)
     state = create_train_state(model, (-1, 1, 6, 6), opt)
     batch = _batch((4, 1, 6, 6), classes=4)
-    _, metrics = make_train_step(model, opt, layer_stats=True, donate=False)(
-        state, batch
+    step = make_train_step(
+        model, opt, label_smoothing=0.1, layer_stats=True, donate=False
     )
+    _, metrics = step(state, batch)
     _, step_key = jax.random.split(state.key)  # the key train_step gives the model
-    trace = fast_jit(lambda p, s, b, k: backward_trace(model, p, s, b, key=k))(
-        state.params, state.model_state, batch, step_key
-    )
+    trace = fast_jit(
+        lambda p, s, b, k: backward_trace(model, p, s, b, key=k, label_smoothing=0.1)
+    )(state.params, state.model_state, batch, step_key)
     assert_close(metrics["loss"], trace.loss, 1e-6)
     with_params = {"00_conv", "05_dense"}
     assert {k for k in metrics if k.startswith("grad_norm/")} == {
@@ -429,6 +430,8 @@ def test_errors_name_what_was_expected(cnn):
     model, params, state, x, y = cnn
     with pytest.raises(ValueError, match=r"backward_trace: expected loss in .*'hinge'"):
         backward_trace(model, params, state, (x, y), loss="hinge")
+    with pytest.raises(ValueError, match=r"backward_trace: expected loss='cross_ent"):
+        backward_trace(model, params, state, (x, y), loss="mse", label_smoothing=0.1)
     with pytest.raises(TypeError, match=r"expected batch to be a pair \(x, y\)"):
         backward_trace(model, params, state, x)
     with pytest.raises(

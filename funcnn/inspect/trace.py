@@ -154,6 +154,7 @@ def backward_trace(
     batch: tuple[Any, Any],
     *,
     loss: str | Callable = "cross_entropy",
+    label_smoothing: float = 0.0,
     grad: Any = "custom",
     train: bool = True,
     key: jax.Array | None = None,
@@ -169,6 +170,7 @@ def backward_trace(
             model takes), y the labels `(N,)` (or the targets a callable loss takes).
         loss: as in `make_train_step`: "cross_entropy", "mse" (against one-hot
             labels) or a callable `(outputs, y) -> scalar`, the batch mean.
+        label_smoothing: as in `make_train_step`, for "cross_entropy".
         grad: the backward rules, as in `make_train_step`: "custom", "autodiff" or
             a mapping from layer paths to those.
         train: apply the model in training mode (BatchNorm batch statistics,
@@ -193,7 +195,7 @@ def backward_trace(
             "Build it with funcnn.serial(...) or funcnn.models."
         )
     rules.validate(func, grad)
-    loss_of = _loss_fn(loss, func=func)
+    loss_of = _loss_fn(loss, label_smoothing, func=func)
     x, y = _check_batch(func, batch)
     if train and key is None:
         dropouts = [path for path, leaf in walk(model) if leaf.name == "dropout"]
