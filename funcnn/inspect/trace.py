@@ -101,7 +101,9 @@ class BackwardTrace:
                 )
             )
         widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-        lines = ["  ".join(c.ljust(w) for c, w in zip(r, widths)) for r in rows]
+        lines = [
+            "  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows
+        ]
         return f"loss {float(self.loss):.6g}\n" + "\n".join(lines)
 
 
