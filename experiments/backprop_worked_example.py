@@ -10,8 +10,11 @@ with the squared error `E = sum(0.5 * (target - out)**2)` (`funcnn.mse`):
 
 The biases stay fixed, as in the text; the weights take plain SGD steps with
 learning rate 0.5. Every figure printed is computed (in float64), none is typed in:
-the forward pass, the chain rule layer by layer (one `jax.vjp` per layer), the
-weights after one step, and the error after `--steps` steps.
+the forward pass, the backward pass as the texts walk it (each layer's delta, the
+error term dE/d(layer output), and the weight gradients, all read from one
+`funcnn.backward_trace`), the weights after one step, and the error after `--steps`
+steps. In the model, net_o1 is the output Dense layer's output and out_o1 the
+output Sigmoid's.
 
     python experiments/backprop_worked_example.py [--grad custom|autodiff]
 """
@@ -60,38 +63,34 @@ def make_optimizer():
     )
 
 
-def show_chain_rule(params, x, t, grad):
-    """Prints dE/dw5 and dE/dw1 as the texts derive them, one jax.vjp per layer."""
-    acts, pullbacks = [x], []
-    for key, layer in zip(KEYS, LAYERS):
-
-        def run(p, a, layer=layer):
-            return layer.apply(p, {}, a, grad=grad)[0]
-
-        y, pullback = jax.vjp(run, params[key], acts[-1])
-        acts.append(y)
-        pullbacks.append(pullback)
-    out_h, out_o = acts[2], acts[4]
-    (d_out,) = jax.vjp(lambda o: funcnn.mse(o, t), out_o)[1](jnp.ones(()))
-    _, d_net_o = pullbacks[3](d_out)  # through the output sigmoid
-    d_w_out, d_out_h = pullbacks[2](d_net_o)  # through the output Dense layer
-    _, d_net_h = pullbacks[1](d_out_h)  # through the hidden sigmoid
-    d_w_hidden, _ = pullbacks[0](d_net_h)  # through the hidden Dense layer
-    o1 = float(out_o[0, 0])
+def show_backward_pass(model, params, state, x, t, grad):
+    """Prints the texts' backward-pass figures, each read from one
+    `funcnn.backward_trace`: a layer's `delta_out` is dE/d(its output), its
+    `delta_in` dE/d(its input), `param_grads` dE/d(its weights)."""
+    trace = funcnn.backward_trace(
+        model, params, state, (x, t), loss=funcnn.mse, grad=grad, train=False
+    )
+    hidden, hidden_sigmoid, output, output_sigmoid = (trace[key] for key in KEYS)
+    sigmoid_slope = output_sigmoid.delta_in / output_sigmoid.delta_out
     steps = [
-        ("dE/dout_o1 = -(target_o1 - out_o1)", d_out[0, 0]),
-        ("dout_o1/dnet_o1 = out_o1 (1 - out_o1)", o1 * (1 - o1)),
-        ("delta_o1 = dE/dnet_o1 (sigmoid vjp)", d_net_o[0, 0]),
-        ("dnet_o1/dw5 = out_h1", out_h[0, 0]),
-        ("dE/dw5 = delta_o1 * out_h1 (Dense vjp)", d_w_out["w"][0, 0]),
-        ("dE/dout_h1 = delta_o1 w5 + delta_o2 w7", d_out_h[0, 0]),
-        ("delta_h1 = dE/dout_h1 * out_h1 (1 - out_h1)", d_net_h[0, 0]),
-        (f"dE/dw1 = delta_h1 * i1, i1 = {float(x[0, 0]):.2f}", d_w_hidden["w"][0, 0]),
+        ("dE/dout_o1", output_sigmoid.delta_out, "-(target_o1 - out_o1)"),
+        ("dout_o1/dnet_o1", sigmoid_slope, "out_o1 (1 - out_o1)"),
+        ("delta_o1 = dE/dnet_o1", output.delta_out, "dE/dout_o1 * dout_o1/dnet_o1"),
+        ("dnet_o1/dw5", output.input, "out_h1"),
+        ("dE/dw5", output.param_grads["w"], "delta_o1 * out_h1"),
+        ("dE/dout_h1", hidden_sigmoid.delta_out, "delta_o1 w5 + delta_o2 w7"),
+        ("delta_h1 = dE/dnet_h1", hidden.delta_out, "dE/dout_h1 * out_h1 (1 - out_h1)"),
+        (
+            "dE/dw1",
+            hidden.param_grads["w"],
+            f"delta_h1 * i1, i1 = {float(x[0, 0]):.2f}",
+        ),
     ]
-    print("Backward pass, one jax.vjp per layer (the chain rule):")
-    width = max(len(label) for label, _ in steps)
-    for label, value in steps:
-        print(f"  {label.ljust(width)} = {float(value):.9f}")
+    print(f"Backward pass (funcnn.backward_trace, loss {float(trace.loss):.9f}):")
+    width = max(len(label) for label, _, _ in steps)
+    for label, value, rule in steps:
+        value = float(np.asarray(value).ravel()[0])
+        print(f"  {label.ljust(width)} = {value:.9f}   [{rule}]")
 
 
 def main(argv=None):
@@ -135,7 +134,7 @@ def main(argv=None):
     print(f"  out_o1 = {float(out[0, 0]):.9f}")
     print(f"  out_o2 = {float(out[0, 1]):.9f}")
     print(f"  E_total = {float(loss(params)):.9f}")
-    show_chain_rule(params, x, t, args.grad)
+    show_backward_pass(model, params, state, x, t, args.grad)
 
     one, _ = step((params, opt.init(params)))
     print(f"After one SGD step (learning rate {LEARNING_RATE}, biases held fixed):")

@@ -4,10 +4,10 @@ rules for convolution, pooling and dense layers.
 The package is layered: `funcnn.ops` (the ops and their backward rules) ->
 `funcnn.rules` (which rule each layer uses) -> `funcnn.nn` (layers, combinators,
 models) -> `funcnn.training` (steps, optimizers, losses, checkpoints) ->
-`funcnn.inspect` (gradient checks, plots). `funcnn.data` loads data sets and
-`funcnn.distributed` scales out on JAX's own runtime. The names below are the public
-API; the checkpoint and scale-out ones load safetensors and jax.distributed only
-when first used.
+`funcnn.inspect` (gradient checks, the backward trace, plots). `funcnn.data` loads
+data sets and `funcnn.distributed` scales out on JAX's own runtime. The names below
+are the public API; the checkpoint and scale-out ones load safetensors and
+jax.distributed only when first used.
 """
 
 from __future__ import annotations
@@ -22,6 +22,9 @@ from funcnn import rules as rules
 from funcnn.inspect.gradcheck import GradcheckReport as GradcheckReport
 from funcnn.inspect.gradcheck import LeafCheck as LeafCheck
 from funcnn.inspect.gradcheck import gradcheck as gradcheck
+from funcnn.inspect.trace import BackwardTrace as BackwardTrace
+from funcnn.inspect.trace import LayerTrace as LayerTrace
+from funcnn.inspect.trace import backward_trace as backward_trace
 from funcnn.nn import models as models
 from funcnn.nn.basic import Dense as Dense
 from funcnn.nn.basic import Dropout as Dropout

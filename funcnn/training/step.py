@@ -24,6 +24,7 @@ import numpy as np
 import optax
 
 from funcnn import rules
+from funcnn.nn import probe
 from funcnn.nn.core import Layer
 from funcnn.training.losses import accuracy, mse, softmax_cross_entropy
 from funcnn.training.optim import learning_rate
@@ -76,16 +77,18 @@ def create_train_state(
     )
 
 
-def _loss_fn(loss: str | Callable, label_smoothing: float = 0.0) -> Callable:
-    """Maps a loss name to `fn(outputs (N, K), labels (N,)) -> mean scalar`."""
+def _loss_fn(
+    loss: str | Callable, label_smoothing: float = 0.0, *, func: str = "make_train_step"
+) -> Callable:
+    """Maps a loss name to `fn(outputs (N, K), labels (N,)) -> mean scalar`; `func`
+    names the caller in error messages."""
     if not 0.0 <= label_smoothing < 1.0:
         raise ValueError(
-            f"make_train_step: expected 0 <= label_smoothing < 1, got "
-            f"{label_smoothing!r}."
+            f"{func}: expected 0 <= label_smoothing < 1, got {label_smoothing!r}."
         )
     if label_smoothing and loss != "cross_entropy":
         raise ValueError(
-            f"make_train_step: expected loss='cross_entropy' with label_smoothing, "
+            f"{func}: expected loss='cross_entropy' with label_smoothing, "
             f"got loss={loss!r}."
         )
     if callable(loss):
@@ -99,9 +102,7 @@ def _loss_fn(loss: str | Callable, label_smoothing: float = 0.0) -> Callable:
         return lambda out, y: mse(
             out, jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
         )
-    raise ValueError(
-        f"make_train_step: expected loss in {LOSSES} or a callable, got {loss!r}."
-    )
+    raise ValueError(f"{func}: expected loss in {LOSSES} or a callable, got {loss!r}.")
 
 
 def _smoothed_cross_entropy(logits, labels, eps: float):
@@ -119,6 +120,27 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
+def _value_and_grad(objective, params, layer_stats: bool):
+    """`((loss, aux), grads, stats)` of `objective(params, hook)`. With
+    `layer_stats`, zero probes at every leaf layer's output (`funcnn.nn.probe`)
+    give `stats`: "grad_norm/<path>" (L2 norm of the layer's parameter gradient,
+    for layers with params) and "delta_rms/<path>" (RMS of dL/d(layer output));
+    without, `stats` is {} and the program is plain `jax.value_and_grad`'s."""
+    if not layer_stats:
+        return (*jax.value_and_grad(objective, has_aux=True)(params), {})
+    specs = probe.leaf_specs(objective, params)
+    res = probe.value_and_grad_with_probes(objective, params, specs, inputs=False)
+    stats = {}
+    for spec in specs:
+        layer_grads = probe.subtree(res.grads, spec.keys)
+        if jax.tree_util.tree_leaves(layer_grads):
+            stats[f"grad_norm/{spec.path}"] = _global_norm(layer_grads)
+        deltas = jax.tree_util.tree_leaves(res.delta_out[spec.path])
+        count = sum(d.size for d in deltas)
+        stats[f"delta_rms/{spec.path}"] = _global_norm(deltas) / np.sqrt(count)
+    return (res.value, res.aux), res.grads, stats
+
+
 def _all_finite(tree) -> jax.Array:
     leaves = jax.tree_util.tree_leaves(tree)
     return jnp.all(jnp.stack([jnp.all(jnp.isfinite(x)) for x in leaves] + [True]))
@@ -131,6 +153,7 @@ def make_train_step(
     loss: str | Callable = "cross_entropy",
     grad: str = "custom",
     label_smoothing: float = 0.0,
+    layer_stats: bool = False,
     jit: bool = True,
     donate: bool = True,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
@@ -145,6 +168,11 @@ def make_train_step(
         grad: `"custom"` or `"autodiff"` backward rules for convs and pools.
         label_smoothing: eps in [0, 1) for "cross_entropy": the targets become
             `(1 - eps) * one_hot + eps / K`, and the logged loss is that loss.
+        layer_stats: also return, per leaf-layer path (e.g. "03_conv"),
+            "grad_norm/<path>" (the L2 norm of that layer's parameter gradient,
+            for layers with params) and "delta_rms/<path>" (the RMS of the delta
+            dL/d(layer output), as `funcnn.backward_trace` computes it). Off by
+            default, and then the compiled step is unchanged.
         jit: if False, return the pure, un-jitted function (to be wrapped by the
             caller, e.g. `jax.jit` with shardings).
         donate: with `jit`, donate the input state's buffers; the caller must
@@ -165,15 +193,21 @@ def make_train_step(
         x, y = batch
         key, step_key = jax.random.split(state.key)
 
-        def objective(params):
+        def objective(params, hook=None):
             out, model_state = model.apply(
-                params, state.model_state, x, train=True, key=step_key, grad=grad
+                params,
+                state.model_state,
+                x,
+                train=True,
+                key=step_key,
+                grad=grad,
+                hook=hook,
             )
             return loss_of(out, y), (out, model_state)
 
-        (value, (out, model_state)), grads = jax.value_and_grad(
-            objective, has_aux=True
-        )(state.params)
+        (value, (out, model_state)), grads, stats = _value_and_grad(
+            objective, state.params, layer_stats
+        )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(value) & _all_finite(grads) & _all_finite(params)
@@ -197,6 +231,7 @@ def make_train_step(
         rate = learning_rate(opt_state)
         if rate is not None:
             metrics["lr"] = jnp.asarray(rate, jnp.float32)
+        metrics.update(stats)
         return new_state, metrics
 
     if not jit:
