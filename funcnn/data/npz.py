@@ -128,7 +128,8 @@ def load_npz(
         y_train = _labels(arrays["y_train"], len(x_train), where("y_train"), func)
         y_test = _labels(arrays["y_test"], len(x_test), where("y_test"), func)
         split_seed = -1
-        sources = (where("x_train"), where("y_train"), where("x_test"), where("y_test"))
+        train_src = (where("x_train"), where("y_train"))
+        test_src = (where("x_test"), where("y_test"))
     elif "x" in arrays and "y" in arrays:
         x = _images(arrays["x"], where("x"), func)
         y = _labels(arrays["y"], len(x), where("y"), func)
@@ -136,7 +137,7 @@ def load_npz(
         x_train, y_train = x[train_idx], y[train_idx]
         x_test, y_test = x[test_idx], y[test_idx]
         split_seed = seed
-        sources = (where("x"), where("y")) * 2
+        train_src = test_src = (where("x"), where("y"))
     else:
         raise ValueError(
             f"{func}: expected keys 'x' and 'y', or 'x_train', 'y_train', "
@@ -148,6 +149,6 @@ def load_npz(
         "npz",
         num_classes,
         split_seed,
-        (x_train, y_train, *sources[:2]),
-        (x_test, y_test, *sources[2:]),
+        (x_train, y_train, train_src[0], train_src[1]),
+        (x_test, y_test, test_src[0], test_src[1]),
     )
