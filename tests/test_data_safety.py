@@ -357,3 +357,18 @@ def test_npz_labels_too_large_for_int32(tmp_path):
     np.savez(tmp_path / "d.npz", x=np.zeros((4, 2, 2)), y=np.array([0, 1, 2**32, 1]))
     with pytest.raises(ValueError, match=r"below 2147483647 in 'y' .*0 to 4294967296"):
         load_npz(tmp_path / "d.npz")
+
+
+def test_cifar_array_larger_than_its_file_is_refused(tmp_path):
+    write_cifar(tmp_path, np.random.default_rng(0))
+    # {b"data": ndarray.__new__(ndarray, (20000, 3072), "u1"), b"labels": []}:
+    # an array the pickle allocates (NEWOBJ) instead of reading, 61 MB from a
+    # file of 60 bytes.
+    blob = (
+        b"\x80\x04}(C\x04data\x8c\x05numpy\x8c\x07ndarray\x93"
+        + b"M\x20\x4eM\x00\x0c\x86\x8c\x02u1\x86\x81"
+        + b"C\x06labels]u."
+    )
+    (tmp_path / "data_batch_3").write_bytes(blob)
+    with pytest.raises(ValueError, match=r"read from .*data_batch_3, got an array of"):
+        load_cifar10(tmp_path)

@@ -137,6 +137,14 @@ def _read_python_batch(path: Path, func: str) -> tuple[np.ndarray, np.ndarray]:
             f"{func}: expected b'data' of dtype uint8 and shape (N, 3072) in "
             f"{path}, got {got}."
         )
+    if data.nbytes > path.stat().st_size:
+        # Only an array built empty by the pickle, not read from it, is larger
+        # than its file; refuse it before its memory is touched.
+        raise ValueError(
+            f"{func}: expected b'data' read from {path}, got an array of "
+            f"{data.nbytes} bytes in a file of {path.stat().st_size}. The file is "
+            "not a CIFAR-10 batch."
+        )
     ok_list = isinstance(labels, list) and all(type(v) is int for v in labels)
     if not ok_list or len(labels) != data.shape[0]:
         got = f"{len(labels)} labels" if ok_list else type(labels).__name__
