@@ -1,9 +1,11 @@
 """Tests for funcnn.training.checkpoint: round trips, templates, corruption, crashes."""
 
+import hashlib
 import json
 import os
 import random
 import signal
+import struct
 import subprocess
 import sys
 import textwrap
@@ -18,6 +20,7 @@ import pytest
 import safetensors.numpy
 
 import funcnn.training.checkpoint as ckpt
+import funcnn.training.checkpoint_format as checkpoint_format
 from funcnn.training.checkpoint import (
     CheckpointManager,
     load_checkpoint,
@@ -110,10 +113,8 @@ def test_file_is_plain_safetensors_with_manifest(tmp_path):
         raw["['typed_key']"].shape == (2, 2) and raw["['typed_key']"].dtype == np.uint32
     )
     # The manifest sits in the header: 8-byte little-endian length, then JSON.
-    data = path.read_bytes()
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    manifest = json.loads(header["__metadata__"]["manifest"])
-    assert manifest["version"] == 1 and manifest["metadata"] == {"step": 1}
+    manifest = json.loads(read_header(path)["__metadata__"]["manifest"])
+    assert manifest["version"] == 2 and manifest["metadata"] == {"step": 1}
     assert manifest["dtypes"][manifest["keys"].index("['params'][0].b")] == "bfloat16"
     assert manifest["shapes"][manifest["keys"].index("['typed_key']")] == [2]
     assert manifest["treedef"] == str(jax.tree_util.tree_structure(tree))
@@ -239,24 +240,165 @@ class SameRepr:
         return self.order < other.order
 
 
+def read_header(path):
+    """The safetensors header of a file: 8-byte little-endian length, then JSON."""
+    data = path.read_bytes()
+    return json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
+
+
+def version_2_digest(manifest_text, tensors):
+    """The SHA-256 of a version 2 file, written out from the format description."""
+    sha = hashlib.sha256()
+    fields = [b"funcnn.checkpoint 2", manifest_text.encode()]
+    for name in sorted(tensors):
+        arr = tensors[name]
+        fields.append(json.dumps([name, arr.dtype.name, list(arr.shape)]).encode())
+        fields.append(arr.astype(arr.dtype.newbyteorder("<")).tobytes())
+    for field in fields:
+        sha.update(struct.pack("<Q", len(field)) + field)
+    return sha.hexdigest()
+
+
+def test_digest_covers_the_manifest_and_every_tensor(tmp_path):
+    path = tmp_path / "c"
+    tree = {"a": np.arange(6, dtype=np.float32).reshape(2, 3), "n": np.int64(5)}
+    save_checkpoint(path, tree, {"step": 3})
+    entries = read_header(path)["__metadata__"]
+    assert sorted(entries) == ["manifest", "sha256"]
+    tensors = safetensors.numpy.load_file(path)
+    assert entries["sha256"] == version_2_digest(entries["manifest"], tensors)
+
+
+def rewrite(path, tensors, entries):
+    safetensors.numpy.save_file(tensors, path, entries)
+
+
 @pytest.mark.parametrize(
     ("change", "message"),
     [
-        ({"version": 2}, r"expected format version 1 in .*, got 2"),
+        ({"metadata": {"step": 4}}, r"differ from its SHA-256"),
+        ({"version": 3}, r"differ from its SHA-256"),
+        ({"keys": ["['b']"]}, r"differ from its SHA-256"),
+    ],
+)
+def test_edited_manifest_is_caught_by_the_digest(tmp_path, change, message):
+    path = tmp_path / "c"
+    save_checkpoint(path, {"a": np.zeros(2, np.float32)}, {"step": 3})
+    entries = read_header(path)["__metadata__"]
+    manifest = json.loads(entries["manifest"]) | change
+    entries["manifest"] = json.dumps(manifest)
+    rewrite(path, safetensors.numpy.load_file(path), entries)
+    with pytest.raises(ValueError, match=message):
+        load_checkpoint(path)
+
+
+def test_version_2_file_without_its_digest(tmp_path):
+    path = tmp_path / "c"
+    save_checkpoint(path, {"a": np.zeros(2, np.float32)})
+    entries = read_header(path)["__metadata__"]
+    del entries["sha256"]
+    rewrite(path, safetensors.numpy.load_file(path), entries)
+    with pytest.raises(ValueError, match=r"version 2 manifest without its digest"):
+        load_checkpoint(path)
+
+
+def write_version_1(path, tree, metadata):
+    """A version 1 file, from that format's description: the digest inside the
+    manifest, over the tensor bytes in key order only."""
+    leaves, treedef = jax.tree_util.tree_flatten_with_path(tree)
+    keys = [jax.tree_util.keystr(p) for p, _ in leaves]
+    arrays = [np.asarray(leaf) for _, leaf in leaves]
+    manifest = {
+        "format": "funcnn.checkpoint",
+        "version": 1,
+        "keys": keys,
+        "shapes": [list(a.shape) for a in arrays],
+        "dtypes": [a.dtype.name for a in arrays],
+        "key_impls": {},
+        "treedef": str(treedef),
+        "sha256": hashlib.sha256(b"".join(a.tobytes() for a in arrays)).hexdigest(),
+        "metadata": metadata,
+    }
+    tensors = dict(zip(keys, arrays, strict=True))
+    safetensors.numpy.save_file(tensors, path, {"manifest": json.dumps(manifest)})
+    return manifest
+
+
+def test_version_1_files_still_load(tmp_path):
+    tree = {"w": np.arange(6.0).reshape(2, 3), "step": np.int32(9)}
+    write_version_1(tmp_path / "v1", tree, {"epoch": 2})
+    loaded, meta = load_checkpoint(tmp_path / "v1", like=tree)
+    assert_trees_identical(loaded, tree)
+    assert meta == {"epoch": 2}
+
+
+@pytest.mark.parametrize(
+    ("change", "message"),
+    [
+        ({"version": 3}, r"expected format version 1 or 2 in .*, got 3"),
         ({"dtypes": ["no_such_dtype"]}, r"got a malformed manifest"),
+        ({"metadata": None}, r"got a malformed manifest .*metadata must be a dict"),
         ({"keys": ["['b']"]}, r"differ from the manifest checksum"),
     ],
 )
-def test_tampered_manifest(tmp_path, change, message):
+def test_tampered_version_1_manifest(tmp_path, change, message):
     path = tmp_path / "c"
-    save_checkpoint(path, {"a": np.zeros(2, np.float32)})
-    data = path.read_bytes()
-    header = json.loads(data[8 : 8 + int.from_bytes(data[:8], "little")])
-    manifest = json.loads(header["__metadata__"]["manifest"]) | change
+    manifest = write_version_1(path, {"a": np.zeros(2, np.float32)}, {})
     tensors = safetensors.numpy.load_file(path)
-    safetensors.numpy.save_file(tensors, path, {"manifest": json.dumps(manifest)})
+    safetensors.numpy.save_file(
+        tensors, path, {"manifest": json.dumps(manifest | change)}
+    )
     with pytest.raises(ValueError, match=message):
         load_checkpoint(path)
+
+
+def test_missing_metadata_in_a_version_1_manifest(tmp_path):
+    path = tmp_path / "c"
+    manifest = write_version_1(path, {"a": np.zeros(2, np.float32)}, {})
+    del manifest["metadata"]
+    tensors = safetensors.numpy.load_file(path)
+    safetensors.numpy.save_file(tensors, path, {"manifest": json.dumps(manifest)})
+    with pytest.raises(ValueError, match=r"malformed manifest \(KeyError\('metadata"):
+        load_checkpoint(path)
+
+
+def test_every_flipped_header_bit_raises_or_loads_identically(tmp_path):
+    """Flips each bit of the header (length prefix, tensor table, manifest and
+    digest) of a small checkpoint: each must raise a clear ValueError or load
+    the very tree and metadata that were saved, never a changed step or config."""
+    tree = {
+        "params": {"w": np.arange(6, dtype=np.float32).reshape(2, 3), "b": np.ones(3)},
+        "step": np.int32(7),
+        "key": np.array([0, 42], np.uint32),
+    }
+    meta = {"step": 12, "epoch": 3, "config": {"lr": 0.1, "model": "lenet"}}
+    path = tmp_path / "flipped"
+    save_checkpoint(path, tree, meta)
+    data = path.read_bytes()
+    header_end = 8 + int.from_bytes(data[:8], "little")
+    raised = identical = 0
+    # One byte is rewritten in place and restored after each load: reopening
+    # the file for every flip would cost 30 times more than the loads.
+    with open(path, "r+b", buffering=0) as f:
+        for bit in range(8 * header_end):
+            pos = bit // 8
+            f.seek(pos)
+            f.write(bytes([data[pos] ^ (1 << (bit % 8))]))
+            try:
+                loaded, loaded_meta = load_checkpoint(path, like=tree)
+            except ValueError as err:
+                assert str(err).startswith("load_checkpoint: expected"), (bit, err)
+                assert str(path) in str(err), (bit, err)
+                raised += 1
+            else:
+                assert loaded_meta == meta, bit
+                assert_trees_identical(loaded, tree)
+                identical += 1
+            f.seek(pos)
+            f.write(data[pos : pos + 1])
+    assert path.read_bytes() == data
+    assert raised + identical == 8 * header_end
+    print(f"{8 * header_end} flips: {raised} raised, {identical} loaded identical")
 
 
 def test_save_errors(tmp_path):
@@ -279,6 +421,16 @@ def test_save_errors(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_save_into_a_missing_directory_names_the_users_path(tmp_path):
+    path = tmp_path / "no_such_dir" / "c.safetensors"
+    with pytest.raises(
+        FileNotFoundError, match=r"save .*no_such_dir/c.safetensors"
+    ) as e:
+        save_checkpoint(path, {"a": np.zeros(1)})
+    assert ".tmp" not in str(e.value)
+    assert list(tmp_path.iterdir()) == []
+
+
 def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     path = tmp_path / "c.safetensors"
     save_checkpoint(path, {"a": np.zeros(2)}, {"v": 1})
@@ -286,7 +438,7 @@ def test_failed_write_keeps_old_file_and_no_temp(tmp_path, monkeypatch):
     def broken_replace(src, dst):
         raise OSError("disk full")
 
-    monkeypatch.setattr(ckpt.os, "replace", broken_replace)
+    monkeypatch.setattr(checkpoint_format.os, "replace", broken_replace)
     with pytest.raises(OSError, match="disk full"):
         save_checkpoint(path, {"a": np.ones(2)}, {"v": 2})
     monkeypatch.undo()

@@ -2,23 +2,28 @@
 
 `load_dataset(name, data_dir, seed)` is the entry point; the loaders behind it
 are public too. Nothing here downloads: digits ships with scikit-learn, and the
-other loaders read files the user already has.
+other loaders read files the user already has. No loader runs code from a file:
+CIFAR-10's pickles go through an unpickler that admits only numpy arrays and
+plain Python data, and `.npz` files are opened with `allow_pickle=False`.
+
+Modules: `base` (the `Dataset` and the checks every loader runs), `digits`,
+`idx` (MNIST), `cifar`, `npz`, `registry` (`load_dataset`) and `batching`.
 """
 
+from funcnn.data.base import Dataset as Dataset
 from funcnn.data.batching import Normalizer as Normalizer
 from funcnn.data.batching import batches as batches
 from funcnn.data.batching import fit_normalizer as fit_normalizer
 from funcnn.data.batching import normalize as normalize
 from funcnn.data.batching import num_batches as num_batches
-from funcnn.data.digits import Dataset as Dataset
+from funcnn.data.cifar import load_cifar10 as load_cifar10
 from funcnn.data.digits import load_digits as load_digits
 from funcnn.data.digits import stratified_split as stratified_split
-from funcnn.data.files import DATASET_NAMES as DATASET_NAMES
-from funcnn.data.files import load_cifar10 as load_cifar10
-from funcnn.data.files import load_dataset as load_dataset
-from funcnn.data.files import load_mnist as load_mnist
-from funcnn.data.files import load_npz as load_npz
-from funcnn.data.files import read_idx as read_idx
+from funcnn.data.idx import load_mnist as load_mnist
+from funcnn.data.idx import read_idx as read_idx
+from funcnn.data.npz import load_npz as load_npz
+from funcnn.data.registry import DATASET_NAMES as DATASET_NAMES
+from funcnn.data.registry import load_dataset as load_dataset
 
 __all__ = [
     "DATASET_NAMES",

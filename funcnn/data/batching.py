@@ -13,7 +13,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-from funcnn.data.digits import check_seed
+from funcnn.data.base import check_seed
 
 
 class Normalizer(NamedTuple):

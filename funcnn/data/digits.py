@@ -1,4 +1,4 @@
-"""The `Dataset` container, a seeded stratified split, and scikit-learn's digits.
+"""A seeded stratified split, and scikit-learn's digits.
 
 The digits set ships inside scikit-learn, so it needs no download: 1,797 grey
 images of 8x8 pixels with values 0..16, ten classes. It is the default data set
@@ -7,59 +7,9 @@ of the library because a small CNN trains on it in seconds on a CPU.
 
 from __future__ import annotations
 
-import operator
-from typing import NamedTuple
-
 import numpy as np
 
-
-class Dataset(NamedTuple):
-    """A train/test pair of image arrays with integer labels.
-
-    Attributes:
-        x_train: float32 images of shape `(N_train, C, H, W)`, values in [0, 1]
-            for the built-in loaders.
-        y_train: int32 labels of shape `(N_train,)`, in `[0, num_classes)`.
-        x_test: float32 images of shape `(N_test, C, H, W)`.
-        y_test: int32 labels of shape `(N_test,)`.
-        name: the data set's name, e.g. `"digits"`, `"mnist"`.
-        num_classes: the number of classes K; labels lie in `[0, K)`.
-        seed: the seed of the train/test split, or -1 when the split comes
-            from the files themselves (MNIST, CIFAR-10, a pre-split npz).
-    """
-
-    x_train: np.ndarray
-    y_train: np.ndarray
-    x_test: np.ndarray
-    y_test: np.ndarray
-    name: str
-    num_classes: int
-    seed: int
-
-
-def check_seed(func: str, seed: object, name: str = "seed") -> int:
-    """Returns `seed` as a non-negative Python int, or raises a clear error.
-
-    Args:
-        func: the name of the caller, used in error messages.
-        seed: the value to check.
-        name: what the value is called in error messages, e.g. "epoch".
-    """
-    if isinstance(seed, bool):
-        raise TypeError(f"{func}: expected {name} to be an int, got bool {seed}.")
-    try:
-        value = operator.index(seed)  # type: ignore[arg-type]
-    except TypeError:
-        raise TypeError(
-            f"{func}: expected {name} to be an int, got {type(seed).__name__} "
-            f"{seed!r}. Pass a non-negative integer such as 0."
-        ) from None
-    if value < 0:
-        raise ValueError(
-            f"{func}: expected a non-negative {name}, got {value}. "
-            "numpy's default_rng needs seeds >= 0."
-        )
-    return value
+from funcnn.data.base import Dataset, check_seed
 
 
 def stratified_split(

@@ -10,6 +10,7 @@ from collections.abc import Sequence
 from typing import Any
 
 import jax.numpy as jnp
+import numpy as np
 
 GRAD_MODES = ("custom", "autodiff")
 
@@ -119,6 +120,16 @@ def padding(op: str, value: Any, spatial: Pair, eff_window: Pair, stride: Pair) 
         (int(pads[0][0]), int(pads[0][1])),
         (int(pads[1][0]), int(pads[1][1])),
     )
+
+
+def as_jax(x: Any) -> Any:
+    """A numpy array as a jax array; anything else as it is.
+
+    A jitted op sees its numpy arguments as jax arrays, with jax's dtype rules
+    (float64 becomes float32 while x64 is off). Converting first gives an eager
+    call the very same dtypes, so eager and jitted calls accept the same inputs.
+    """
+    return jnp.asarray(x) if isinstance(x, np.ndarray) else x
 
 
 def check_rank4(op: str, name: str, x: Any, axes: str) -> tuple[int, ...]:

@@ -72,6 +72,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
       ValueError, TypeError: on bad shapes, dtypes or arguments, before tracing.
     """
     op = "conv2d"
+    x, w, b = _args.as_jax(x), _args.as_jax(w), _args.as_jax(b)
     _args.check_grad_mode(op, grad)
     xs = _args.check_rank4(op, "x", x, "(N, C_in, H, W)")
     ws = _args.check_rank4(op, "w", w, "(C_out, C_in // groups, KH, KW)")

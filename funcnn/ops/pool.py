@@ -82,6 +82,7 @@ def max_pool2d(
       `OH = floor((H + top + bottom - DH*(KH-1) - 1) / SH) + 1` (ceil with ceil_mode).
     """
     op = "max_pool2d"
+    x = _args.as_jax(x)
     _args.check_grad_mode(op, grad)
     cfg, _ = _window_config(op, x, window, stride, padding, dilation, ceil_mode)
     if grad == "custom":
@@ -187,6 +188,7 @@ def avg_pool2d(
       `OH = floor((H + top + bottom - KH) / SH) + 1` (ceil with ceil_mode).
     """
     op = "avg_pool2d"
+    x = _args.as_jax(x)
     _args.check_grad_mode(op, grad)
     if not isinstance(count_include_pad, bool):
         raise TypeError(

@@ -7,6 +7,9 @@ the optimizer state and `learning_rate(opt_state)` can read it back for logging.
 
 from __future__ import annotations
 
+import math
+import numbers
+import operator
 from collections.abc import Callable
 from typing import Any
 
@@ -15,6 +18,45 @@ import optax
 
 OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
+
+
+def _number(func: str, name: str, value: Any) -> float:
+    """`value` as a float, refusing bools, strings and other non-numbers."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Real):
+        raise TypeError(
+            f"{func}: expected {name} to be a number, got {type(value).__name__} "
+            f"{value!r}."
+        )
+    return float(value)
+
+
+def _in_range(
+    func: str, name: str, value: Any, low: float, high: float, interval: str
+) -> float:
+    """Refuses `value` outside `interval` ("[low, high)", "(low, inf)", ...);
+    NaN is outside every interval, and so is inf unless `high` is inf."""
+    v = _number(func, name, value)
+    ok = (low <= v if interval[0] == "[" else low < v) and (
+        v < high if interval[-1] == ")" else v <= high
+    )
+    if not ok or math.isnan(v) or (math.isinf(v) and not math.isinf(high)):
+        raise ValueError(f"{func}: expected {name} in {interval}, got {value!r}.")
+    return v
+
+
+def _count(func: str, name: str, value: Any) -> int:
+    if isinstance(value, bool):
+        raise TypeError(f"{func}: expected {name} to be an int, got bool {value}.")
+    try:
+        count = operator.index(value)
+    except TypeError:
+        raise TypeError(
+            f"{func}: expected {name} to be an int, got {type(value).__name__} "
+            f"{value!r}. Round it, e.g. int(round(epochs * steps_per_epoch))."
+        ) from None
+    if count < 0:
+        raise ValueError(f"{func}: expected {name} >= 0, got {count}.")
+    return count
 
 
 def make_schedule(
@@ -44,16 +86,24 @@ def make_schedule(
         A function from the update count (int32 scalar) to the rate (float32).
 
     Raises:
-        ValueError: for an unknown schedule, a missing `total_steps`, or a
-            negative rate or warm-up.
+        ValueError: for an unknown schedule, a missing `total_steps`, a rate
+            that is not finite and > 0, a negative warm-up, boundaries outside
+            (0, 1) or a factor that is not finite and > 0.
+        TypeError: for a step count that is not an int.
     """
     func = "make_schedule"
     if schedule not in SCHEDULES:
         raise ValueError(f"{func}: expected schedule in {SCHEDULES}, got {schedule!r}.")
-    if not learning_rate > 0:
+    if not _number(func, "learning_rate", learning_rate) > 0:
         raise ValueError(f"{func}: expected learning_rate > 0, got {learning_rate!r}.")
-    if isinstance(warmup_steps, bool) or warmup_steps < 0:
-        raise ValueError(f"{func}: expected warmup_steps >= 0, got {warmup_steps!r}.")
+    _in_range(func, "learning_rate", learning_rate, 0.0, math.inf, "(0, inf)")
+    warmup_steps = _count(func, "warmup_steps", warmup_steps)
+    if total_steps is not None:
+        total_steps = _count(func, "total_steps", total_steps)
+    if schedule == "step":
+        for fraction in step_boundaries:
+            _in_range(func, "each step boundary", fraction, 0.0, 1.0, "(0, 1)")
+        _in_range(func, "step_factor", step_factor, 0.0, math.inf, "(0, inf)")
     if schedule != "constant" and (total_steps is None or total_steps <= warmup_steps):
         raise ValueError(
             f"{func}: expected total_steps > warmup_steps (={warmup_steps}) for the "
@@ -118,15 +168,23 @@ def make_optimizer(
         of its latest update.
 
     Raises:
-        ValueError: for an unknown name or a bad value.
+        ValueError: for an unknown name or a value outside its range: a
+            learning rate that is not finite and > 0, weight_decay < 0,
+            momentum, b1 or b2 outside [0, 1), eps or clip_norm not finite and
+            > 0; NaN is outside every range.
+        TypeError: for a value that is not a number.
     """
     func = "make_optimizer"
     if name not in OPTIMIZERS:
         raise ValueError(f"{func}: expected name in {OPTIMIZERS}, got {name!r}.")
-    if weight_decay < 0:
-        raise ValueError(f"{func}: expected weight_decay >= 0, got {weight_decay!r}.")
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"{func}: expected clip_norm > 0 or None, got {clip_norm!r}.")
+    _in_range(func, "learning_rate", learning_rate, 0.0, math.inf, "(0, inf)")
+    _in_range(func, "weight_decay", weight_decay, 0.0, math.inf, "[0, inf)")
+    _in_range(func, "momentum", momentum, 0.0, 1.0, "[0, 1)")
+    _in_range(func, "b1", b1, 0.0, 1.0, "[0, 1)")
+    _in_range(func, "b2", b2, 0.0, 1.0, "[0, 1)")
+    _in_range(func, "eps", eps, 0.0, math.inf, "(0, inf)")
+    if clip_norm is not None:
+        _in_range(func, "clip_norm", clip_norm, 0.0, math.inf, "(0, inf)")
     rate = make_schedule(
         learning_rate, schedule, total_steps=total_steps, warmup_steps=warmup_steps
     )

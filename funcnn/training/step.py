@@ -28,6 +28,7 @@ from funcnn.nn import probe
 from funcnn.nn.core import Layer
 from funcnn.training.losses import accuracy, mse, softmax_cross_entropy
 from funcnn.training.optim import learning_rate
+from funcnn.training.step_checks import CheckedStep, check_optimizer
 
 LOSSES = ("cross_entropy", "mse")
 
@@ -66,6 +67,7 @@ def create_train_state(
             f"{type(model).__name__}. Build it with funcnn.serial(...) or "
             "funcnn.models."
         )
+    check_optimizer("create_train_state", optimizer)
     init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
     _, params, model_state = model.init(init_key, tuple(input_shape))
     return TrainState(
@@ -179,17 +181,33 @@ def make_train_step(
             replace its state with the returned one.
 
     Returns:
-        `train_step(state, (x, y))` with x of shape `(N, C, H, W)` and int labels
-        y of shape `(N,)`. It returns the new state and float32 scalar metrics:
-        "loss" and "accuracy" of the batch (before the update), "grad_norm"
-        (global L2 norm), "nonfinite" (1.0 if the update was skipped), and "lr"
-        (the rate of this update) when the optimizer injects one.
+        `train_step(state, (x, y))`; see its contract below. It returns the new
+        state and float32 scalar metrics: "loss" and "accuracy" of the batch
+        (before the update), "grad_norm" (global L2 norm), "nonfinite" (1.0 if
+        the update was skipped), and "lr" (the rate of this update) when the
+        optimizer injects one. With `jit`, the call first checks its arguments
+        in Python (shapes and dtypes only, no device work) and raises a clear
+        error for a batch that is not `(x, y)`, an empty batch, labels of
+        another shape or a non-integer dtype, or a state that an earlier
+        donating call consumed.
     """
     func = "make_train_step"
     rules.validate(func, grad)
+    check_optimizer(func, optimizer)
     loss_of = _loss_fn(loss, label_smoothing)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
+        """One update: `train_step(state, (x, y)) -> (new state, metrics)`.
+
+        x: images of shape `(N, C, H, W)`, N >= 1. y: int labels of shape
+        `(N,)` in `[0, K)`, K the model's output width (also for a callable
+        loss: the "accuracy" metric compares them with the argmax). Labels
+        outside `[0, K)` are not checked here, since checking values would need
+        a device sync every step: out of range, a label makes a NaN step (10
+        with K = 10) or trains the wrong class (-1 wraps to class K - 1). The
+        loaders (`funcnn.data`) and the training CLI check labels on the host
+        before training.
+        """
         x, y = batch
         key, step_key = jax.random.split(state.key)
 
@@ -236,7 +254,8 @@ def make_train_step(
 
     if not jit:
         return train_step
-    return jax.jit(train_step, donate_argnums=0 if donate else ())
+    jitted = jax.jit(train_step, donate_argnums=0 if donate else ())
+    return CheckedStep(jitted, TrainState, train_step.__doc__)
 
 
 def make_eval_step(
