@@ -129,8 +129,9 @@ def make_train_step(
     optimizer,
     *,
     loss: str | Callable = "cross_entropy",
-    grad: str = "custom",
+    grad: Any = "custom",
     label_smoothing: float = 0.0,
+    alignment: bool = False,
     jit: bool = True,
     donate: bool = True,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
@@ -142,9 +143,15 @@ def make_train_step(
         loss: `"cross_entropy"` (softmax cross-entropy of logits), `"mse"` (the
             squared error of the outputs against one-hot labels), or a callable
             `(outputs (N, K), labels (N,)) -> scalar`.
-        grad: `"custom"` or `"autodiff"` backward rules for convs and pools.
+        grad: the backward rules of the convs, pools and dense layers: a rule
+            name ("custom", "autodiff", "feedback_alignment", ...), a rule value,
+            or a mapping from layer paths to those (`funcnn.rules`).
         label_smoothing: eps in [0, 1) for "cross_entropy": the targets become
             `(1 - eps) * one_hot + eps / K`, and the logged loss is that loss.
+        alignment: also log, per layer with parameters, the angles in degrees
+            between `grad`'s backward and the exact one ("align_grad/<path>",
+            "align_delta/<path>", see `funcnn.rules.alignment`). Costs a second
+            forward and backward pass per step.
         jit: if False, return the pure, un-jitted function (to be wrapped by the
             caller, e.g. `jax.jit` with shardings).
         donate: with `jit`, donate the input state's buffers; the caller must
@@ -158,7 +165,7 @@ def make_train_step(
         (the rate of this update) when the optimizer injects one.
     """
     func = "make_train_step"
-    rules.validate(func, grad)
+    rules.validate(func, grad, model=model)
     loss_of = _loss_fn(loss, label_smoothing)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -171,9 +178,16 @@ def make_train_step(
             )
             return loss_of(out, y), (out, model_state)
 
-        (value, (out, model_state)), grads = jax.value_and_grad(
-            objective, has_aux=True
-        )(state.params)
+        angles = {}
+        if alignment:
+            (value, (out, model_state)), grads, angles = rules.value_and_grad_aligned(
+                loss_of, model, state.params, state.model_state, x, y,
+                grad=grad, train=True, key=step_key,
+            )  # fmt: skip
+        else:
+            (value, (out, model_state)), grads = jax.value_and_grad(
+                objective, has_aux=True
+            )(state.params)
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(value) & _all_finite(grads) & _all_finite(params)
@@ -197,6 +211,7 @@ def make_train_step(
         rate = learning_rate(opt_state)
         if rate is not None:
             metrics["lr"] = jnp.asarray(rate, jnp.float32)
+        metrics.update(angles)
         return new_state, metrics
 
     if not jit:
@@ -208,14 +223,16 @@ def make_eval_step(
     model: Layer,
     *,
     loss: str | Callable = "cross_entropy",
-    grad: str = "custom",
+    grad: Any = "custom",
     jit: bool = True,
 ) -> Callable[[TrainState, Any], dict]:
     """Builds `eval_step(state, batch) -> metrics`, sums that add up over batches.
 
     Args:
         model, loss, grad, jit: as in `make_train_step`. The model runs with
-            `train=False` (BatchNorm uses its running statistics, no Dropout).
+            `train=False` (BatchNorm uses its running statistics, no Dropout);
+            `grad` matters only for rules that change the forward (e.g. a
+            straight-through rule's quantized weights).
 
     Returns:
         `eval_step(state, (x, y))` or `eval_step(state, (x, y, mask))` where x is
@@ -224,7 +241,7 @@ def make_eval_step(
         losses), "correct" (the number of right argmax predictions) and "count"
         (the number of examples counted), so sums over batches are exact totals.
     """
-    rules.validate("make_eval_step", grad)
+    rules.validate("make_eval_step", grad, model=model)
     loss_of = _loss_fn(loss)
     # Per-example losses from the library's own mean loss applied row by row.
     per_example = jax.vmap(lambda o, t: loss_of(o[None], t[None]))
