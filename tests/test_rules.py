@@ -95,6 +95,13 @@ def test_conv_feedback_alignment_and_sign_symmetry(i):
         assert_close(db, db_exact, 1e-10)
 
 
+@dataclasses.dataclass(frozen=True)
+class Exact(rules.Rule):
+    """A rule that overrides nothing: every default method is the exact rule."""
+
+    ops = rules.RULED_OPS
+
+
 def test_dense_feedback_alignment_and_sign_symmetry():
     rng = np.random.default_rng(3)
     x, w, b, fb, g = (rand(rng, s) for s in ((5, 7), (4, 7), (4,), (4, 7), (5, 4)))
@@ -104,7 +111,8 @@ def test_dense_feedback_alignment_and_sign_symmetry():
 
     _, dw_exact, db_exact = grads(dense, g, x, w, b)
     sign = jnp.sign(w)
-    for rule, B in ((FA(feedback=fb), fb), (SS(), sign), ("sign_symmetry", sign)):
+    cases = [(FA(feedback=fb), fb), (SS(), sign), ("sign_symmetry", sign)]
+    for rule, B in cases + [(Exact(), w)]:
         _, (dx, dw, db) = op_vjp(ops.dense, rule, g, x, w, b)
         assert_close(dx, grads(dense, g, x, B, b)[0], 1e-10)
         assert_close(dw, dw_exact, 1e-10)
