@@ -9,9 +9,9 @@ switched globally. `Rule` documents the protocol a user rule follows;
 `alignment` measures how far a rule's backward is from the exact one.
 """
 
-from funcnn.ops._ruled import RULED_OPS as RULED_OPS
-from funcnn.ops._ruled import Rule as Rule
-from funcnn.ops._ruled import Window as Window
+from funcnn.ops._rule import RULED_OPS as RULED_OPS
+from funcnn.ops._rule import Rule as Rule
+from funcnn.ops._rule import Window as Window
 from funcnn.ops._ruled import names as names
 from funcnn.ops._ruled import register as register
 from funcnn.ops._ruled import registered as registered

@@ -18,7 +18,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.ops._ruled import Rule, register_library
+from funcnn.ops._rule import Rule
+from funcnn.ops._ruled import register_library
 
 
 def _path_code(path: str) -> np.uint32:

@@ -12,6 +12,7 @@ from __future__ import annotations
 from typing import Any
 
 from funcnn.ops import _ruled
+from funcnn.ops._rule import unsupported
 from funcnn.rules.scope import check_patterns, path_of, pick, scope
 
 
@@ -72,7 +73,7 @@ def check_model(func: str, model: Any, grad: Any) -> None:
             rule.for_op(info.op)
         except ValueError:
             where = f" at layer {path!r}"
-            raise ValueError(_ruled.unsupported(info.op, rule, where, func)) from None
+            raise ValueError(unsupported(info.op, rule, where, func)) from None
 
 
 def feedback_weights(model: Any, params: Any, grad: Any) -> dict[str, Any]:
