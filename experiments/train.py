@@ -85,7 +85,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split-seed", type=int, default=0, help="train/test split seed")
     p.add_argument("--model", choices=("lenet", "vgg"), default="lenet")
     p.add_argument("--width", type=int, default=6, help="LeNet filter multiplier")
-    p.add_argument("--grad", choices=("custom", "autodiff"), default="custom")
+    p.add_argument(
+        "--grad",
+        choices=("custom", "autodiff", "feedback_alignment", "sign_symmetry"),
+        default="custom",
+    )
     p.add_argument(
         "--optimizer",
         choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"),

@@ -56,6 +56,7 @@ from funcnn.nn.pool import GlobalAvgPool2D as GlobalAvgPool2D
 from funcnn.nn.pool import MaxPool2D as MaxPool2D
 from funcnn.ops import avg_pool2d as avg_pool2d
 from funcnn.ops import conv2d as conv2d
+from funcnn.ops import dense as dense
 from funcnn.ops import max_pool2d as max_pool2d
 from funcnn.training.losses import accuracy as accuracy
 from funcnn.training.losses import mse as mse

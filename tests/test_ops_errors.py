@@ -43,7 +43,9 @@ def avgp(window=2, **kw):
 RANK_HINT = "Add batch and channel axes: x[None, None]."
 EMPTY_FIX = "got an empty output. Use a smaller window or dilation, or more padding."
 GRAD_MSG = (
-    "expected grad to be one of ('custom', 'autodiff'), got 'manual'. "
+    "expected grad to be one of ('custom', 'autodiff', 'feedback_alignment', "
+    "'sign_symmetry'), a name given to funcnn.rules.register or a "
+    "funcnn.rules.Rule value, got 'manual'. "
     'Use grad="custom" for the hand-written backward rule or grad="autodiff" for '
     "jax.grad of the plain forward."
 )
@@ -216,7 +218,9 @@ CASES = [
      "avg_pool2d: expected count_include_pad to be a bool, got 'yes'."),
     ("max-grad", maxp(grad="manual"), (X,), ValueError, f"max_pool2d: {GRAD_MSG}"),
     ("avg-grad", avgp(grad=None), (X,), ValueError,
-     "avg_pool2d: expected grad to be one of ('custom', 'autodiff'), got None."),
+     "avg_pool2d: expected grad to be one of ('custom', 'autodiff', "
+     "'feedback_alignment', 'sign_symmetry'), a name given to funcnn.rules.register "
+     "or a funcnn.rules.Rule value, got None."),
 ]  # fmt: skip
 
 

@@ -25,6 +25,7 @@ from funcnn.nn.combinators import serial as serial
 from funcnn.nn.conv import Conv2D as Conv2D
 from funcnn.nn.core import APPLY_KEYWORDS as APPLY_KEYWORDS
 from funcnn.nn.core import Layer as Layer
+from funcnn.nn.core import LayerInfo as LayerInfo
 from funcnn.nn.core import he_normal as he_normal
 from funcnn.nn.core import leaf_paths as leaf_paths
 from funcnn.nn.core import walk as walk

@@ -8,7 +8,15 @@ from collections.abc import Callable
 import jax
 import jax.numpy as jnp
 
-from funcnn.nn.core import Layer, check_shape, he_normal, leaf, positive_int
+from funcnn import ops, rules
+from funcnn.nn.core import (
+    Layer,
+    LayerInfo,
+    check_shape,
+    he_normal,
+    leaf,
+    positive_int,
+)
 
 
 def Dense(
@@ -17,10 +25,12 @@ def Dense(
     """Fully connected layer `(N, F_in)` -> `(N, F_out)`: `y = x @ w.T + b`.
 
     Params: `{"w": (F_out, F_in), "b": (F_out,)}`, so row j of w holds the weights
-    into output unit j, as in the CNN texts and PyTorch.
+    into output unit j, as in the CNN texts and PyTorch. Runs `funcnn.ops.dense`,
+    so `grad=` picks its backward rule as for convolutions.
     """
     label = "Dense"
     positive_int(label, "out_features", out_features)
+    info = LayerInfo("dense", w_init)
 
     def init(key, input_shape):
         n, f = check_shape(label, input_shape, 2, "(N, F_in)")
@@ -34,7 +44,7 @@ def Dense(
             params["b"] = jnp.zeros((out_features,), dtype)
         return (n, out_features), params, {}
 
-    def apply(params, state, x, **_):
+    def apply(params, state, x, *, grad="custom", **_):
         if x.ndim != 2 or x.shape[1] != params["w"].shape[1]:
             hint = (
                 " Add a Flatten() layer before Dense for image inputs."
@@ -45,12 +55,10 @@ def Dense(
                 f"{label}: expected x of shape (N, {params['w'].shape[1]}), got "
                 f"{x.shape}.{hint}"
             )
-        y = x @ params["w"].T
-        if "b" in params:
-            y = y + params["b"]
-        return y, state
+        rule = rules.layer_rule(grad, layer=label, info=info, w=params["w"])
+        return ops.dense(x, params["w"], params.get("b"), grad=rule), state
 
-    return leaf(label, "dense", init, apply, param_keys=("w",))
+    return leaf(label, "dense", init, apply, param_keys=("w",), info=info)
 
 
 def Flatten() -> Layer:

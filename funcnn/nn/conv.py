@@ -6,7 +6,14 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import ops, rules
-from funcnn.nn.core import Layer, check_shape, he_normal, leaf, positive_int
+from funcnn.nn.core import (
+    Layer,
+    LayerInfo,
+    check_shape,
+    he_normal,
+    leaf,
+    positive_int,
+)
 from funcnn.ops import _args
 
 
@@ -32,6 +39,7 @@ def Conv2D(
     positive_int(label, "out_channels", out_channels)
     positive_int(label, "groups", groups)
     kh, kw = _args.pair(label, "window", window)
+    info = LayerInfo("conv2d", w_init)
 
     def init(key, input_shape):
         n, c, h, w = check_shape(label, input_shape, 4, "(N, C_in, H, W)")
@@ -68,8 +76,8 @@ def Conv2D(
             padding=padding,
             dilation=dilation,
             groups=groups,
-            grad=rules.pick(grad, layer=label),
+            grad=rules.layer_rule(grad, layer=label, info=info, w=params["w"]),
         )
         return y, state
 
-    return leaf(label, "conv", init, apply, param_keys=("w",))
+    return leaf(label, "conv", init, apply, param_keys=("w",), info=info)

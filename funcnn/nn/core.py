@@ -19,6 +19,9 @@ the model's root to that layer. `funcnn.backward_trace` uses it to see each laye
 input, output and deltas; plain training passes None and pays nothing.
 
 `children` lists a combinator's `(key, layer)` pairs, in order; leaves have none.
+`info` names the op a leaf runs and the initializer of its weights (`LayerInfo`),
+so that `funcnn.rules` can check a rule against the op and draw a layer's fixed
+feedback weights the way the layer itself does; None for leaves without an op.
 """
 
 from __future__ import annotations
@@ -34,6 +37,15 @@ Shape = tuple[int, ...]
 APPLY_KEYWORDS = ("train", "key", "grad", "hook")
 
 
+class LayerInfo(NamedTuple):
+    """What a leaf layer runs: the op (e.g. "conv2d") whose backward rule `grad=`
+    picks, and `w_init(key, shape, fan_in, dtype)`, which draws its weights (None
+    for layers without)."""
+
+    op: str
+    w_init: Callable | None = None
+
+
 class Layer(NamedTuple):
     """A layer: `init(key, input_shape)` and `apply(params, state, x, **kw)`."""
 
@@ -41,6 +53,7 @@ class Layer(NamedTuple):
     apply: Callable[..., tuple[Any, Any]]
     name: str
     children: tuple[tuple[str, Layer], ...] = ()
+    info: LayerInfo | None = None
 
 
 def check_keywords(label: str, kwargs: Mapping[str, Any]) -> None:
@@ -81,6 +94,7 @@ def leaf(
     apply: Callable,
     *,
     param_keys: tuple[str, ...] = (),
+    info: LayerInfo | None = None,
 ) -> Layer:
     """Builds a leaf layer whose `apply` checks its keywords and params, and runs
     the hook around the computation.
@@ -91,6 +105,7 @@ def leaf(
       init: `init(key, input_shape) -> (output_shape, params, state)`.
       apply: `apply(params, state, x, *, train, key, grad) -> (y, state)`.
       param_keys: keys `params` must hold (e.g. ("w",)).
+      info: the op the layer runs and its weight initializer, for `funcnn.rules`.
     """
 
     def checked_apply(params, state, x, **kwargs):
@@ -102,7 +117,7 @@ def leaf(
             return apply(params, state, x, **kwargs)
         return hook((), layer, lambda x: apply(params, state, x, **kwargs), x)
 
-    layer = Layer(init, checked_apply, name)
+    layer = Layer(init, checked_apply, name, info=info)
     return layer
 
 

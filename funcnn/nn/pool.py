@@ -6,11 +6,13 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import ops, rules
-from funcnn.nn.core import Layer, check_shape, leaf
+from funcnn.nn.core import Layer, LayerInfo, check_shape, leaf
 from funcnn.ops import _args
 
 
 def _pool_layer(label: str, name: str, op, window, **kwargs) -> Layer:
+    info = LayerInfo(op.__name__)
+
     def init(key, input_shape):
         del key
         n, c, h, w = check_shape(label, input_shape, 4, "(N, C, H, W)")
@@ -22,9 +24,10 @@ def _pool_layer(label: str, name: str, op, window, **kwargs) -> Layer:
 
     def apply(params, state, x, *, grad="custom", **_):
         del params
-        return op(x, window, grad=rules.pick(grad, layer=label), **kwargs), state
+        rule = rules.layer_rule(grad, layer=label, info=info)
+        return op(x, window, grad=rule, **kwargs), state
 
-    return leaf(label, name, init, apply)
+    return leaf(label, name, init, apply, info=info)
 
 
 def MaxPool2D(
@@ -72,6 +75,7 @@ def AvgPool2D(
 def GlobalAvgPool2D() -> Layer:
     """Mean over all of H and W: `(N, C, H, W)` -> `(N, C)`, via `ops.avg_pool2d`."""
     label = "GlobalAvgPool2D"
+    info = LayerInfo("avg_pool2d")
 
     def init(key, input_shape):
         del key
@@ -80,7 +84,8 @@ def GlobalAvgPool2D() -> Layer:
 
     def apply(params, state, x, *, grad="custom", **_):
         del params
-        y = ops.avg_pool2d(x, x.shape[2:], grad=rules.pick(grad, layer=label))
+        rule = rules.layer_rule(grad, layer=label, info=info)
+        y = ops.avg_pool2d(x, x.shape[2:], grad=rule)
         return y.reshape(y.shape[:2]), state
 
-    return leaf(label, "gap", init, apply)
+    return leaf(label, "gap", init, apply, info=info)

@@ -20,14 +20,15 @@ Pads = tuple[tuple[int, int], tuple[int, int]]
 PaddingSpec = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] | str
 
 
-def check_grad_mode(op: str, grad: Any) -> str:
-    if grad not in GRAD_MODES:
-        raise ValueError(
-            f"{op}: expected grad to be one of {GRAD_MODES}, got {grad!r}. "
-            'Use grad="custom" for the hand-written backward rule or '
-            'grad="autodiff" for jax.grad of the plain forward.'
-        )
-    return grad
+def check_grad_mode(op: str, grad: Any) -> Any:
+    """Resolves `grad=`: "custom" or "autodiff" as they are, a rule name or value
+    (see `funcnn.rules`) as what `op` runs under it: "custom" where the rule keeps
+    the op's exact rule, else the rule value. Raises naming `op` otherwise."""
+    if isinstance(grad, str) and grad in GRAD_MODES:
+        return grad
+    from funcnn.ops import _ruled  # imported here: _ruled imports the op modules
+
+    return _ruled.resolve(op, grad)
 
 
 def pair(op: str, name: str, value: Any, *, minimum: int = 1) -> Pair:

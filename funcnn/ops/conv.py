@@ -61,8 +61,10 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
       dilation: int or pair `(DH, DW)`: spacing between filter taps.
       groups: number of channel groups; must divide C_in and C_out.
       grad: "custom" for the hand-written backward rule, "autodiff" for jax.grad of
-        the plain-lax forward. Forward values agree to rounding: identical bits,
-        except where the patches formulation (module doc) sums in another order.
+        the plain-lax forward, or a backward rule (a name or a value, see
+        `funcnn.rules`), e.g. "feedback_alignment". Forward values agree to
+        rounding: identical bits, except where the patches formulation (module
+        doc) sums in another order.
 
     Returns:
       Output of shape `(N, C_out, OH, OW)` with
@@ -73,7 +75,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
     """
     op = "conv2d"
     x, w, b = _args.as_jax(x), _args.as_jax(w), _args.as_jax(b)
-    _args.check_grad_mode(op, grad)
+    grad = _args.check_grad_mode(op, grad)
     xs = _args.check_rank4(op, "x", x, "(N, C_in, H, W)")
     ws = _args.check_rank4(op, "w", w, "(C_out, C_in // groups, KH, KW)")
     _args.check_float(op, "x", x)
@@ -116,6 +118,10 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
     cfg = ConvConfig(stride_, pads, dilation_, groups, b is not None)
     if grad == "autodiff":
         return conv2d_reference(x, w, b, cfg)
+    if not isinstance(grad, str):  # a rule value (funcnn.rules)
+        from funcnn.ops import _ruled  # _ruled imports this module
+
+        return _ruled.conv2d(x, w, b, grad, cfg)
     if groups == 1 and ws[1] * ws[2] * ws[3] <= PATCHES_MAX_TAPS:
         geom = PatchGeometry(cfg, xs, ws, out_hw)
         return _conv2d_patches_custom(x, w, b, geom)

@@ -73,9 +73,11 @@ def max_pool2d(
       dilation: int or pair: spacing between window taps.
       ceil_mode: round the output size up, as PyTorch does (a last window that would
         start in the high padding is dropped).
-      grad: "custom" (hand-written rule) or "autodiff" (jax.grad of the plain-lax
-        forward). JAX cannot differentiate a dilated max window, so for dilation > 1
-        the autodiff forward is built from stacked taps and a first-argmax gather.
+      grad: "custom" (hand-written rule), "autodiff" (jax.grad of the plain-lax
+        forward) or a backward rule (`funcnn.rules`); feedback alignment and sign
+        symmetry keep the exact rule here. JAX cannot differentiate a dilated max
+        window, so for dilation > 1 the autodiff forward is built from stacked taps
+        and a first-argmax gather.
 
     Returns:
       Output of shape `(N, C, OH, OW)`,
@@ -83,8 +85,12 @@ def max_pool2d(
     """
     op = "max_pool2d"
     x = _args.as_jax(x)
-    _args.check_grad_mode(op, grad)
+    grad = _args.check_grad_mode(op, grad)
     cfg, _ = _window_config(op, x, window, stride, padding, dilation, ceil_mode)
+    if not isinstance(grad, str):  # a rule value that reroutes the deltas
+        from funcnn.ops import _ruled  # _ruled imports this module
+
+        return _ruled.max_pool2d(x, grad, cfg)
     if grad == "custom":
         return _max_pool_custom(x, cfg)
     return max_pool2d_reference(x, cfg)
@@ -180,8 +186,9 @@ def avg_pool2d(
       count_include_pad: divide by the window's size including explicit padding
         (but never the extra rows ceil_mode adds), else by the number of input
         positions in the window. Applies to "SAME" padding too.
-      grad: "custom" (hand-written rule) or "autodiff" (jax.grad of the plain-lax
-        forward).
+      grad: "custom" (hand-written rule), "autodiff" (jax.grad of the plain-lax
+        forward) or a backward rule (`funcnn.rules`); feedback alignment and sign
+        symmetry keep the exact rule here.
 
     Returns:
       Output of shape `(N, C, OH, OW)`,
@@ -189,13 +196,17 @@ def avg_pool2d(
     """
     op = "avg_pool2d"
     x = _args.as_jax(x)
-    _args.check_grad_mode(op, grad)
+    grad = _args.check_grad_mode(op, grad)
     if not isinstance(count_include_pad, bool):
         raise TypeError(
             f"{op}: expected count_include_pad to be a bool, got {count_include_pad!r}."
         )
     cfg, pads = _window_config(op, x, window, stride, padding, 1, ceil_mode)
     divisor = _avg_divisor(cfg, pads, count_include_pad)
+    if not isinstance(grad, str):  # a rule value that reroutes the deltas
+        from funcnn.ops import _ruled  # _ruled imports this module
+
+        return _ruled.avg_pool2d(x, grad, cfg, divisor)
     if grad == "custom":
         return _avg_pool_custom(x, cfg, divisor)
     return avg_pool2d_reference(x, cfg, divisor)

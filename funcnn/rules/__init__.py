@@ -1,9 +1,33 @@
 """Backward rules: which rule each conv, pool and dense op uses, per layer.
 
-`grad=` is a rule name ("custom", "autodiff"), or a mapping from layer paths (or
-glob patterns over them) to names; see `funcnn.rules.scope`.
+`grad=` (at an op, a layer, `model.apply`, `make_train_step`, `make_eval_step`) is
+a rule name ("custom", "autodiff", "feedback_alignment", "sign_symmetry", or one
+given to `register`), a rule value (a `Rule`, e.g. `feedback_alignment(seed=1)`),
+or a mapping from layer paths or glob patterns to those (see
+`funcnn.rules.scope`). A rule is a value: print it, hold it, pass it; nothing is
+switched globally. `Rule` documents the protocol a user rule follows;
+`alignment` measures how far a rule's backward is from the exact one.
 """
 
+from funcnn.ops._rule import RULED_OPS as RULED_OPS
+from funcnn.ops._rule import Rule as Rule
+from funcnn.ops._rule import Window as Window
+from funcnn.ops._ruled import names as names
+from funcnn.ops._ruled import register as register
+from funcnn.ops._ruled import registered as registered
+from funcnn.rules import examples as examples
+from funcnn.rules.alignment import LayerAlignment as LayerAlignment
+from funcnn.rules.alignment import alignment as alignment
+from funcnn.rules.alignment import alignment_metrics as alignment_metrics
+from funcnn.rules.alignment import angle as angle
+from funcnn.rules.builtin import FeedbackAlignment as FeedbackAlignment
+from funcnn.rules.builtin import SignSymmetry as SignSymmetry
+from funcnn.rules.builtin import draw_feedback as draw_feedback
+from funcnn.rules.builtin import feedback_alignment as feedback_alignment
+from funcnn.rules.builtin import sign_symmetry as sign_symmetry
+from funcnn.rules.layers import check_model as check_model
+from funcnn.rules.layers import feedback_weights as feedback_weights
+from funcnn.rules.layers import layer_rule as layer_rule
 from funcnn.rules.scope import Scoped as Scoped
 from funcnn.rules.scope import check_patterns as check_patterns
 from funcnn.rules.scope import path_of as path_of

@@ -21,6 +21,8 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
+from funcnn.ops import _ruled
+
 _GLOB = frozenset("*?[")
 
 
@@ -126,24 +128,21 @@ def check_patterns(grad: Any, paths: Iterable[str], *, func: str) -> None:
         )
 
 
-BUILTIN = ("custom", "autodiff")
-
-
-def validate(func: str, grad: Any) -> Any:
-    """Checks a `grad=` value eagerly: a known rule name, or a non-empty mapping
-    from layer paths to known names. Returns it unchanged.
+def validate(func: str, grad: Any, *, model: Any = None) -> Any:
+    """Checks a `grad=` value eagerly: a rule name ("custom", "autodiff",
+    "feedback_alignment", "sign_symmetry" or a registered one), a rule value, or a
+    non-empty mapping from layer paths to those. With `model`, also checks that
+    every mapping key matches a layer and every layer's rule supports its op.
+    Returns `grad` unchanged.
 
     Raises:
         ValueError, TypeError: naming `func`, what was expected and what was given.
     """
     values = _table(func, grad) if isinstance(grad, Mapping) else (("", grad),)
     for key, rule in values:
-        if isinstance(rule, str) and rule in BUILTIN:
-            continue
-        where = f" at key {key!r}" if key else ""
-        raise ValueError(
-            f"{func}: expected grad{where} to be one of {BUILTIN}, or a mapping from "
-            f"layer paths to those, got {rule!r}. 'custom' uses funcnn's "
-            "hand-written backward rules, 'autodiff' jax.grad of the plain forward."
-        )
+        _ruled.lookup(func, rule, f" at key {key!r}" if key else "")
+    if model is not None and hasattr(model, "children"):
+        from funcnn.rules.layers import check_model  # layers imports this module
+
+        check_model(func, model, grad)
     return grad

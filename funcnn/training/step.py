@@ -16,6 +16,7 @@ of failures, and it also keeps BatchNorm statistics from absorbing NaNs.
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import partial
 from typing import Any, NamedTuple
 
 import jax
@@ -122,25 +123,36 @@ def _global_norm(tree) -> jax.Array:
     return jnp.sqrt(sum(jnp.sum(jnp.square(x.astype(jnp.float32))) for x in leaves))
 
 
-def _value_and_grad(objective, params, layer_stats: bool):
-    """`((loss, aux), grads, stats)` of `objective(params, hook)`. With
-    `layer_stats`, zero probes at every leaf layer's output (`funcnn.nn.probe`)
-    give `stats`: "grad_norm/<path>" (L2 norm of the layer's parameter gradient,
-    for layers with params) and "delta_rms/<path>" (RMS of dL/d(layer output));
-    without, `stats` is {} and the program is plain `jax.value_and_grad`'s."""
-    if not layer_stats:
+def _value_and_grad(objective, params, *, layer_stats: bool, alignment: bool):
+    """`((loss, aux), grads, metrics)` of `objective(params, hook, rule)`.
+
+    Without options this is plain `jax.value_and_grad` and `metrics` is {}. With
+    either, zero probes at every leaf layer (`funcnn.nn.probe`) give the deltas:
+    - `layer_stats`: "grad_norm/<path>" (L2 norm of the layer's parameter
+      gradient, for layers with params) and "delta_rms/<path>" (RMS of
+      dL/d(layer output));
+    - `alignment`: a second backward pass under the exact rule ("custom") gives
+      "align_grad/<path>" and "align_delta/<path>" (`funcnn.rules.alignment`).
+    """
+    if not (layer_stats or alignment):
         return (*jax.value_and_grad(objective, has_aux=True)(params), {})
     specs = probe.leaf_specs(objective, params)
-    res = probe.value_and_grad_with_probes(objective, params, specs, inputs=False)
-    stats = {}
-    for spec in specs:
-        layer_grads = probe.subtree(res.grads, spec.keys)
-        if jax.tree_util.tree_leaves(layer_grads):
-            stats[f"grad_norm/{spec.path}"] = _global_norm(layer_grads)
-        deltas = jax.tree_util.tree_leaves(res.delta_out[spec.path])
-        count = sum(d.size for d in deltas)
-        stats[f"delta_rms/{spec.path}"] = _global_norm(deltas) / np.sqrt(count)
-    return (res.value, res.aux), res.grads, stats
+    res = probe.value_and_grad_with_probes(objective, params, specs, inputs=alignment)
+    metrics = {}
+    if layer_stats:
+        for spec in specs:
+            layer_grads = probe.subtree(res.grads, spec.keys)
+            if jax.tree_util.tree_leaves(layer_grads):
+                metrics[f"grad_norm/{spec.path}"] = _global_norm(layer_grads)
+            deltas = jax.tree_util.tree_leaves(res.delta_out[spec.path])
+            count = sum(d.size for d in deltas)
+            metrics[f"delta_rms/{spec.path}"] = _global_norm(deltas) / np.sqrt(count)
+    if alignment:
+        exact = probe.value_and_grad_with_probes(
+            partial(objective, rule="custom"), params, specs
+        )
+        metrics.update(rules.alignment_metrics(specs, res, exact))
+    return (res.value, res.aux), res.grads, metrics
 
 
 def _all_finite(tree) -> jax.Array:
@@ -153,9 +165,10 @@ def make_train_step(
     optimizer,
     *,
     loss: str | Callable = "cross_entropy",
-    grad: str = "custom",
+    grad: Any = "custom",
     label_smoothing: float = 0.0,
     layer_stats: bool = False,
+    alignment: bool = False,
     jit: bool = True,
     donate: bool = True,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
@@ -167,7 +180,9 @@ def make_train_step(
         loss: `"cross_entropy"` (softmax cross-entropy of logits), `"mse"` (the
             squared error of the outputs against one-hot labels), or a callable
             `(outputs (N, K), labels (N,)) -> scalar`.
-        grad: `"custom"` or `"autodiff"` backward rules for convs and pools.
+        grad: the backward rules of the convs, pools and dense layers: a rule
+            name ("custom", "autodiff", "feedback_alignment", ...), a rule value,
+            or a mapping from layer paths to those (`funcnn.rules`).
         label_smoothing: eps in [0, 1) for "cross_entropy": the targets become
             `(1 - eps) * one_hot + eps / K`, and the logged loss is that loss.
         layer_stats: also return, per leaf-layer path (e.g. "03_conv"),
@@ -175,6 +190,10 @@ def make_train_step(
             for layers with params) and "delta_rms/<path>" (the RMS of the delta
             dL/d(layer output), as `funcnn.backward_trace` computes it). Off by
             default, and then the compiled step is unchanged.
+        alignment: also log, per layer with parameters, the angles in degrees
+            between `grad`'s backward and the exact one ("align_grad/<path>",
+            "align_delta/<path>", see `funcnn.rules.alignment`). Costs a second
+            forward and backward pass per step.
         jit: if False, return the pure, un-jitted function (to be wrapped by the
             caller, e.g. `jax.jit` with shardings).
         donate: with `jit`, donate the input state's buffers; the caller must
@@ -192,7 +211,7 @@ def make_train_step(
         donating call consumed.
     """
     func = "make_train_step"
-    rules.validate(func, grad)
+    rules.validate(func, grad, model=model)
     check_optimizer(func, optimizer)
     loss_of = _loss_fn(loss, label_smoothing)
 
@@ -211,20 +230,20 @@ def make_train_step(
         x, y = batch
         key, step_key = jax.random.split(state.key)
 
-        def objective(params, hook=None):
+        def objective(params, hook=None, rule=grad):
             out, model_state = model.apply(
                 params,
                 state.model_state,
                 x,
                 train=True,
                 key=step_key,
-                grad=grad,
+                grad=rule,
                 hook=hook,
             )
             return loss_of(out, y), (out, model_state)
 
-        (value, (out, model_state)), grads, stats = _value_and_grad(
-            objective, state.params, layer_stats
+        (value, (out, model_state)), grads, extra = _value_and_grad(
+            objective, state.params, layer_stats=layer_stats, alignment=alignment
         )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
@@ -249,7 +268,7 @@ def make_train_step(
         rate = learning_rate(opt_state)
         if rate is not None:
             metrics["lr"] = jnp.asarray(rate, jnp.float32)
-        metrics.update(stats)
+        metrics.update(extra)
         return new_state, metrics
 
     if not jit:
@@ -262,14 +281,16 @@ def make_eval_step(
     model: Layer,
     *,
     loss: str | Callable = "cross_entropy",
-    grad: str = "custom",
+    grad: Any = "custom",
     jit: bool = True,
 ) -> Callable[[TrainState, Any], dict]:
     """Builds `eval_step(state, batch) -> metrics`, sums that add up over batches.
 
     Args:
         model, loss, grad, jit: as in `make_train_step`. The model runs with
-            `train=False` (BatchNorm uses its running statistics, no Dropout).
+            `train=False` (BatchNorm uses its running statistics, no Dropout);
+            `grad` matters only for rules that change the forward (e.g. a
+            straight-through rule's quantized weights).
 
     Returns:
         `eval_step(state, (x, y))` or `eval_step(state, (x, y, mask))` where x is
@@ -278,7 +299,7 @@ def make_eval_step(
         losses), "correct" (the number of right argmax predictions) and "count"
         (the number of examples counted), so sums over batches are exact totals.
     """
-    rules.validate("make_eval_step", grad)
+    rules.validate("make_eval_step", grad, model=model)
     loss_of = _loss_fn(loss)
     # Per-example losses from the library's own mean loss applied row by row.
     per_example = jax.vmap(lambda o, t: loss_of(o[None], t[None]))

@@ -1,0 +1,285 @@
+"""Backprop, feedback alignment and sign symmetry on the main job's digits model.
+
+    python experiments/learning_rules.py --out-dir runs/learning_rules
+    python experiments/learning_rules.py --epochs 2 --seeds 0 --out-dir /tmp/lr
+
+Trains experiments/train.py's default run (LeNet-style, width 6, second conv 3x3
+on the 8x8 digits; Adam 3e-3 with a cosine schedule, 40 epochs of batch 32,
+label smoothing 0.1, weight decay 1e-4, random sub-pixel shifts) once per rule
+and seed. Every hyperparameter is the main job's: nothing here is tuned, and the
+test set is only evaluated, after each epoch.
+
+Writes into --out-dir:
+- records.jsonl: one line per (rule, seed, epoch): test accuracy, train loss,
+  seconds of training, and under feedback alignment and sign symmetry the angles
+  (degrees) between the rule's and the exact parameter gradient and input delta
+  of each layer, measured on the epoch's first batch before its update;
+- table.md: test accuracy after the last epoch, mean ± std over seeds (sample
+  std, ddof=1), and seconds per epoch (the mean over epochs after the first,
+  which holds the compilation);
+- accuracy.png: test accuracy per epoch, per rule (mean over seeds, band from
+  the lowest to the highest seed);
+- alignment.png: each layer's angles over training, mean over seeds.
+
+`train_one(rule, seed, data, ...)` is the unit of work: one run, returning its
+records.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/train.py
+
+from train import SHIFT_PIXELS, lenet_layers, shift_images  # noqa: E402
+
+from funcnn import rules, serial  # noqa: E402
+from funcnn.data import batches, fit_normalizer, load_dataset, num_batches  # noqa: E402
+from funcnn.training.optim import make_optimizer  # noqa: E402
+from funcnn.training.step import (  # noqa: E402
+    create_train_state,
+    evaluate,
+    make_eval_step,
+    make_train_step,
+)
+
+RULES = ("backprop", "feedback_alignment", "sign_symmetry")
+LABELS = {
+    "backprop": "backprop (exact)",
+    "feedback_alignment": "feedback alignment",
+    "sign_symmetry": "sign symmetry",
+}
+
+
+def rule_for(name: str, seed: int):
+    """The grad= value of a rule name; feedback alignment's B follows the seed."""
+    if name == "backprop":
+        return "custom"
+    if name == "feedback_alignment":
+        return rules.feedback_alignment(seed=seed)
+    return rules.sign_symmetry()
+
+
+def prepare_digits(split_seed: int = 0) -> dict:
+    """The main job's data: digits normalised with training-set statistics, as
+    experiments/train.py's run() prepares them."""
+    ds = load_dataset("digits", None, seed=split_seed)
+    norm = fit_normalizer(ds.x_train)
+    x_train = np.asarray(norm.apply(ds.x_train), np.float32)
+    black = norm.apply(np.zeros((1, x_train.shape[1], 1, 1), np.float32)).reshape(-1)
+    return {
+        "x_train": x_train,
+        "y_train": ds.y_train,
+        "x_test": np.asarray(norm.apply(ds.x_test), np.float32),
+        "y_test": ds.y_test,
+        "black": black,
+        "num_classes": ds.num_classes,
+    }
+
+
+def train_one(
+    rule: str,
+    seed: int,
+    data: dict,
+    *,
+    epochs: int = 40,
+    batch_size: int = 32,
+    lr: float = 3e-3,
+    weight_decay: float = 1e-4,
+    label_smoothing: float = 0.1,
+    width: int = 6,
+) -> list[dict]:
+    """Trains one model under `rule` ("backprop", "feedback_alignment" or
+    "sign_symmetry") and returns one record per epoch."""
+    x_train, y_train = data["x_train"], data["y_train"]
+    layers = lenet_layers(data["num_classes"], x_train.shape[2:], width)
+    model = serial(*layers)
+    spe = num_batches(len(x_train), batch_size)
+    optimizer = make_optimizer(
+        "adam",
+        lr,
+        weight_decay=weight_decay,
+        schedule="cosine",
+        total_steps=epochs * spe,
+    )
+    state = create_train_state(model, (-1,) + x_train.shape[1:], optimizer, seed=seed)
+    grad = rule_for(rule, seed)
+    step = make_train_step(model, optimizer, grad=grad, label_smoothing=label_smoothing)
+    # The same update, plus the angles to the exact gradient (a second pass).
+    measure = rule != "backprop"
+    align_step = make_train_step(
+        model, optimizer, grad=grad, label_smoothing=label_smoothing, alignment=True
+    )
+    eval_step = make_eval_step(model, grad=grad)
+    records = []
+    for epoch in range(epochs):
+        t0 = time.perf_counter()
+        losses, angles = [], {}
+        for i, (xb, yb) in enumerate(
+            batches(x_train, y_train, batch_size, seed=seed, epoch=epoch)
+        ):
+            rng = np.random.default_rng([seed, epoch, i])
+            xb = shift_images(xb, rng, SHIFT_PIXELS, data["black"])
+            if i == 0 and measure:
+                state, metrics = align_step(state, (xb, yb))
+                angles = {k: v for k, v in metrics.items() if k.startswith("align_")}
+            else:
+                state, metrics = step(state, (xb, yb))
+            losses.append(metrics["loss"])
+        jax.block_until_ready(state.params)
+        seconds = time.perf_counter() - t0
+        test = evaluate(eval_step, state, data["x_test"], data["y_test"], 500)
+        record = {
+            "rule": rule,
+            "seed": seed,
+            "epoch": epoch + 1,
+            "train_loss": float(np.mean(jax.device_get(losses))),
+            "test_accuracy": test["accuracy"],
+            "seconds": round(seconds, 3),
+        }
+        record.update({k: float(v) for k, v in jax.device_get(angles).items()})
+        records.append(record)
+    return records
+
+
+# ---------------------------------------------------------------- the report
+
+
+def table(records: list[dict], rule_names, seeds) -> str:
+    """The markdown table of final test accuracy and seconds per epoch."""
+    lines = [
+        f"| rule | test accuracy, mean ± std ({len(seeds)} seeds) | per seed | "
+        "s / epoch |",
+        "| --- | --- | --- | --- |",
+    ]
+    for rule in rule_names:
+        runs = [
+            [r for r in records if r["rule"] == rule and r["seed"] == s] for s in seeds
+        ]
+        final = np.asarray([100 * run[-1]["test_accuracy"] for run in runs])
+        std = final.std(ddof=1) if len(final) > 1 else 0.0
+        secs = [r["seconds"] for run in runs for r in run[1:]] or [
+            run[0]["seconds"] for run in runs
+        ]
+        per_seed = ", ".join(f"{a:.2f}" for a in final)
+        lines.append(
+            f"| {LABELS[rule]} | {final.mean():.2f}% ± {std:.2f} | {per_seed} | "
+            f"{np.mean(secs):.2f} |"
+        )
+    return "\n".join(lines) + "\n"
+
+
+def plot_accuracy(records: list[dict], rule_names, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(7, 4.5))
+    FigureCanvasAgg(fig)
+    ax = fig.add_subplot(1, 1, 1)
+    for rule in rule_names:
+        seeds = sorted({r["seed"] for r in records if r["rule"] == rule})
+        acc = np.asarray(
+            [
+                [
+                    100 * r["test_accuracy"]
+                    for r in records
+                    if r["rule"] == rule and r["seed"] == s
+                ]
+                for s in seeds
+            ]
+        )
+        epochs = np.arange(1, acc.shape[1] + 1)
+        ax.plot(epochs, acc.mean(0), label=LABELS[rule])
+        ax.fill_between(epochs, acc.min(0), acc.max(0), alpha=0.25)
+    ax.set_xlabel("epoch")
+    ax.set_ylabel("test accuracy (%)")
+    ax.set_ylim(max(0.0, ax.get_ylim()[0]), 100.5)
+    ax.grid(alpha=0.3)
+    ax.legend(loc="lower right")
+    ax.set_title(
+        "8x8 digits, LeNet width 6: test accuracy (mean, band = min..max seed)"
+    )
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def plot_alignment(records: list[dict], rule_names, path: Path) -> None:
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    measured = [r for r in rule_names if r != "backprop"]
+    if not measured:
+        return
+    fig = Figure(figsize=(5.5 * len(measured), 8))
+    FigureCanvasAgg(fig)
+    for col, rule in enumerate(measured):
+        rows = [r for r in records if r["rule"] == rule]
+        layers = [k.split("/", 1)[1] for k in rows[0] if k.startswith("align_grad/")]
+        epochs = sorted({r["epoch"] for r in rows})
+        for row, kind in enumerate(("grad", "delta")):
+            ax = fig.add_subplot(2, len(measured), row * len(measured) + col + 1)
+            for layer in layers:
+                key = f"align_{kind}/{layer}"
+                mean = [
+                    np.mean([r[key] for r in rows if r["epoch"] == e]) for e in epochs
+                ]
+                # Measured before epoch e's first update: after e - 1 epochs.
+                ax.plot(np.asarray(epochs) - 1, mean, label=layer)
+            ax.axhline(90, color="k", lw=0.8, ls="--")
+            ax.set_ylim(0, 180 if kind == "delta" else 120)
+            ax.set_xlabel("epochs trained")
+            what = "parameter gradient" if kind == "grad" else "input delta"
+            ax.set_ylabel(f"angle to exact {what} (deg)")
+            ax.set_title(f"{LABELS[rule]}: {what}")
+            ax.grid(alpha=0.3)
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(
+        description="Backprop, feedback alignment and sign symmetry on digits."
+    )
+    p.add_argument("--out-dir", default="runs/learning_rules")
+    p.add_argument("--rules", nargs="+", choices=RULES, default=list(RULES))
+    p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
+    p.add_argument("--epochs", type=int, default=40)
+    args = p.parse_args(argv)
+    out = Path(args.out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    data = prepare_digits()
+    records = []
+    with (out / "records.jsonl").open("w") as f:
+        for rule in args.rules:
+            for seed in args.seeds:
+                t0 = time.perf_counter()
+                run = train_one(rule, seed, data, epochs=args.epochs)
+                for r in run:
+                    f.write(json.dumps(r) + "\n")
+                f.flush()
+                records += run
+                print(
+                    f"{rule:<19} seed {seed}: test accuracy "
+                    f"{100 * run[-1]['test_accuracy']:.2f}% "
+                    f"({time.perf_counter() - t0:.0f} s)",
+                    flush=True,
+                )
+    text = table(records, args.rules, args.seeds)
+    (out / "table.md").write_text(text)
+    plot_accuracy(records, args.rules, out / "accuracy.png")
+    plot_alignment(records, args.rules, out / "alignment.png")
+    print(text, end="")
+    print(f"wrote {out}/records.jsonl, table.md, accuracy.png, alignment.png")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
