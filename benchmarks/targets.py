@@ -25,7 +25,7 @@ from benchmarks.cases import HEADLINE_MAXPOOL
 from benchmarks.remote import backends_match
 
 LEVEL = 0.95  # coverage of the bootstrap interval
-BOOTSTRAP = 4000  # resamples
+BOOTSTRAP = 2000  # resamples
 IDENTICAL = "n/a (identical programs)"
 
 
