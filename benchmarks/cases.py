@@ -1,12 +1,13 @@
 """The benchmark grid: op cases and train-step models, as plain JSON-able dicts.
 
-A case is shared by the JAX and the PyTorch side, so both measure the same shapes.
-Padding is an int or a pair, the forms both frameworks accept.
+A case is shared by the JAX and the PyTorch side, so both measure the same shapes,
+batch and dtype. Padding is an int or a pair, the forms both frameworks accept.
 """
 
 from __future__ import annotations
 
 OP_PARTS_FULL = ("fwd", "bwd", "fwdbwd")
+DTYPE = "float32"  # both frameworks' arrays and parameters
 
 
 def conv(name, x, c_out, k, *, stride=1, padding=0, dilation=1, groups=1):
@@ -24,6 +25,7 @@ def conv(name, x, c_out, k, *, stride=1, padding=0, dilation=1, groups=1):
             "groups": groups,
         },
         "parts": ["fwdbwd"],
+        "dtype": DTYPE,
     }
 
 
@@ -36,6 +38,7 @@ def pool(name, op, x, window, *, stride=None, padding=0, ceil_mode=False, parts=
         "window": window,
         "kwargs": kwargs,
         "parts": list(parts or ["fwdbwd"]),
+        "dtype": DTYPE,
     }
 
 
@@ -91,11 +94,11 @@ def train_cases(quick: bool) -> list[dict]:
     the issue's model conv32-conv32-pool-conv64-conv64-pool-dense, without either.
     """
     if quick:
-        return [{"model": "lenet", "input": [8, 1, 28, 28]}]
+        return [{"model": "lenet", "input": [8, 1, 28, 28], "dtype": DTYPE}]
     return [
-        {"model": "lenet", "input": [128, 1, 28, 28]},
-        {"model": "vgg", "input": [128, 3, 32, 32]},
-        {"model": "vgg_nobn", "input": [128, 3, 32, 32]},
+        {"model": "lenet", "input": [128, 1, 28, 28], "dtype": DTYPE},
+        {"model": "vgg", "input": [128, 3, 32, 32], "dtype": DTYPE},
+        {"model": "vgg_nobn", "input": [128, 3, 32, 32], "dtype": DTYPE},
     ]
 
 

@@ -44,6 +44,13 @@ def _parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--no-torch", action="store_true", help="skip the PyTorch side")
     p.add_argument(
+        "--torch-device",
+        choices=("auto", "cpu", "cuda"),
+        default="auto",
+        help="torch's device; auto: cuda when JAX's backend is a GPU, else cpu. "
+        "Torch targets are n/a when torch and JAX run on different hardware",
+    )
+    p.add_argument(
         "--peak-tflops",
         type=float,
         default=None,
@@ -85,7 +92,7 @@ def main(argv=None, script: str | None = None) -> dict:
         return {}
     import jax
 
-    from benchmarks import cases, jax_side, memory, remote, report
+    from benchmarks import cases, jax_side, memory, remote, report, targets
 
     sections = args.only or list(SECTIONS)
     repeats = args.repeats or (3 if args.quick else 20)
@@ -118,11 +125,17 @@ def main(argv=None, script: str | None = None) -> dict:
     def log(msg):
         print(f"[bench {time.strftime('%H:%M:%S')}] {msg}", flush=True)
 
+    torch_device = args.torch_device
+    if torch_device == "auto":
+        torch_device = remote.torch_device_for(results["meta"]["backend"])
     worker = None
     if (op_cases or train_cases) and not args.no_torch:
         try:
-            worker = remote.TorchWorker(script, args.threads)
+            worker = remote.TorchWorker(script, args.threads, torch_device)
             results["meta"]["torch"] = worker.version
+            results["meta"]["torch_device"] = worker.device
+            if worker.device_note:
+                results["meta"]["torch_device_note"] = worker.device_note
         except RuntimeError as err:
             log(f"no torch side: {err}")
             results["meta"]["torch_error"] = str(err)
@@ -151,10 +164,12 @@ def main(argv=None, script: str | None = None) -> dict:
         if args.no_torch or importlib.util.find_spec("torch") is None:
             mem_cases = [c for c in mem_cases if c["framework"] != "torch"]
         log(f"memory: peak RSS, {len(mem_cases)} subprocesses")
-        peak = memory.measure(script, mem_cases, args.threads, args.timeout)
+        peak = memory.measure(
+            script, mem_cases, args.threads, args.timeout, torch_device
+        )
         results["memory"] = {"residuals": residuals, "peak": peak}
     results["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
-    results["targets"] = report.targets(results)
+    results["targets"] = targets.targets(results)
     text = report.markdown(results)
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "results.md").write_text(text)

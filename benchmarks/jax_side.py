@@ -16,7 +16,8 @@ from funcnn import models, ops
 GRADS = ("custom", "autodiff")
 
 
-def _inputs(case: dict, dtype=jnp.float32) -> list:
+def _inputs(case: dict) -> list:
+    dtype = jnp.dtype(case.get("dtype", "float32"))
     keys = jax.random.split(jax.random.PRNGKey(0), 3)
     arrays = [jax.random.normal(keys[0], case["x"], dtype)]
     if case["op"] == "conv2d":
@@ -46,30 +47,55 @@ def _compile(jitted, *args):
     return time.perf_counter() - start, compiled
 
 
-def convolutions(compiled) -> list[str]:
-    """The convolutions of a compiled program: result shape, window and dimension
-    labels of each, sorted (names and metadata dropped)."""
-    found = []
-    for line in compiled.as_text().splitlines():
-        if " convolution(" not in line:
-            continue
-        shape = line.split("=", 1)[1].split(" convolution(")[0].strip()
-        attrs = re.findall(r"(window=\{[^}]*\}|dim_labels=[^,\s]+)", line)
-        found.append(" ".join([shape, *attrs]))
-    return sorted(found)
+# Debug tables (file names, stack frames) that the HLO printer puts before the
+# first computation, and the metadata attribute (op names, source lines). A quoted
+# string may hold braces, so the attribute's value is matched string by string.
+_DEBUG_TABLE = re.compile(
+    r"^(FileNames|FunctionNames|FileLocations|StackFrames)\n(?:.+\n)*", re.M
+)
+_METADATA = re.compile(r',\s*metadata=\{(?:[^{}"]|"(?:[^"\\]|\\.)*")*\}')
+# An instruction or computation name (%fused_computation.3, %param_0.1) and a
+# parameter name in a computation's signature ("(param_0.1: f32[2,4]") .
+_NAME = re.compile(
+    r"%[A-Za-z_][\w.\-]*"
+    r"|(?<=\()[A-Za-z_][\w.\-]*(?=: )"
+    r"|(?<=, )[A-Za-z_][\w.\-]*(?=: )"
+)
 
 
-def _compile_stats(jitted, *args) -> tuple[float, float | None]:
-    """(compile seconds, FLOPs of one call as XLA's cost analysis counts them)."""
+def canonical_hlo(compiled) -> str:
+    """The optimized HLO text of a compiled program, with everything that names
+    rather than computes taken out: the module name, the debug tables, `metadata`
+    (op names, source lines), and instruction, computation and parameter names
+    (renumbered in order of first appearance). Two programs with equal canonical
+    text run the same instructions on the same shapes, layouts and attributes
+    (including backend configs), in the same order."""
+    text = compiled.as_text()
+    text = re.sub(r"^HloModule [^,\s]+", "HloModule m", text, count=1, flags=re.M)
+    text = _METADATA.sub("", _DEBUG_TABLE.sub("", text))
+    names: dict[str, str] = {}
+
+    def rename(match: re.Match) -> str:
+        name = match.group(0).lstrip("%")
+        names.setdefault(name, f"v{len(names)}")
+        return ("%" if match.group(0).startswith("%") else "") + names[name]
+
+    return _NAME.sub(rename, text)
+
+
+def _compile_stats(jitted, *args) -> tuple[float, float | None, str]:
+    """(compile seconds, FLOPs of one call as XLA's cost analysis counts them,
+    canonical HLO)."""
     seconds, compiled = _compile(jitted, *args)
+    hlo = canonical_hlo(compiled)
     try:
         cost = compiled.cost_analysis()
     except Exception:  # some backends have no cost model
-        return seconds, None
+        return seconds, None, hlo
     if isinstance(cost, (list, tuple)):  # one entry per program in older JAX
         cost = cost[0] if cost else {}
     flops = (cost or {}).get("flops")
-    return seconds, float(flops) if flops and flops > 0 else None
+    return seconds, (float(flops) if flops and flops > 0 else None), hlo
 
 
 # Sleep before each timed call when torch takes part: both frameworks' thread
@@ -91,13 +117,14 @@ def bench_op(case: dict, repeats: int, torch_worker=None) -> dict:
     precomputed) and "fwdbwd" (jit of `jax.vjp` plus the pullback in one call).
 
     Returns:
-      {"jax": {"times", "compile_s"}, "torch": {"times"}} ("torch" only with a
-      worker).
+      {"jax": {"times", "compile_s", "same_program"}, "torch": {"times"}}
+      ("torch" only with a worker; "same_program": whether both modes' fwd+bwd
+      compile to the same `canonical_hlo`).
     """
     arrays = _inputs(case)
     out_shape = jax.eval_shape(op_fn(case, "custom"), *arrays).shape
     g = jax.random.normal(jax.random.PRNGKey(1), out_shape, arrays[0].dtype)
-    fns, compile_s, convs = {}, {}, {}
+    fns, compile_s, programs = {}, {}, {}
     for grad in GRADS:
         f = op_fn(case, grad)
         if "fwd" in case["parts"]:
@@ -117,7 +144,7 @@ def bench_op(case: dict, repeats: int, torch_worker=None) -> dict:
 
             both = jax.jit(step)
             compile_s[f"fwdbwd/{grad}"], compiled = _compile(both, g, *arrays)
-            convs[grad] = convolutions(compiled)
+            programs[grad] = canonical_hlo(compiled)
             fns[f"fwdbwd/{grad}"] = lambda both=both: both(g, *arrays)
     torch_fns = torch_worker.callables("op", case) if torch_worker else {}
     times = timing.interleaved(
@@ -128,8 +155,8 @@ def bench_op(case: dict, repeats: int, torch_worker=None) -> dict:
     )
     jax_times, torch_times = _split(times, torch_fns)
     out = {"jax": {"times": jax_times, "compile_s": compile_s}}
-    if convs.get("custom"):  # fwd+bwd of a conv: do both modes run the same convs?
-        out["jax"]["same_convolutions"] = convs["custom"] == convs.get("autodiff")
+    if len(programs) == 2:  # fwd+bwd: do both modes compile to one program?
+        out["jax"]["same_program"] = programs["custom"] == programs["autodiff"]
     if torch_fns:
         out["torch"] = {"times": torch_times}
     return out
@@ -229,8 +256,8 @@ def _minimal_step(model, optimizer, grad, input_shape):
     return jax.jit(step, donate_argnums=0), state
 
 
-def train_batch(input_shape):
-    x = jax.random.normal(jax.random.PRNGKey(2), tuple(input_shape), jnp.float32)
+def train_batch(input_shape, dtype: str = "float32"):
+    x = jax.random.normal(jax.random.PRNGKey(2), tuple(input_shape), jnp.dtype(dtype))
     y = jnp.arange(input_shape[0], dtype=jnp.int32) % 10
     return x, y
 
@@ -240,11 +267,13 @@ def bench_train(case: dict, repeats: int, torch_worker=None) -> dict:
     interleaved; reports images/s too. Returns the layout of `bench_op`."""
     shape = case["input"]
     model = build_model(case["model"])
-    batch = train_batch(shape)
-    steps, states, compile_s, flops = {}, {}, {}, {}
+    batch = train_batch(shape, case.get("dtype", "float32"))
+    steps, states, compile_s, flops, programs = {}, {}, {}, {}, {}
     for grad in GRADS:
         steps[grad], states[grad] = make_step(model, grad, shape)
-        compile_s[grad], flops[grad] = _compile_stats(steps[grad], states[grad], batch)
+        compile_s[grad], flops[grad], programs[grad] = _compile_stats(
+            steps[grad], states[grad], batch
+        )
 
     def runner(grad):
         def run():
@@ -270,6 +299,7 @@ def bench_train(case: dict, repeats: int, torch_worker=None) -> dict:
             stats["tflops_per_s"] = flops[name] / (stats["median_ms"] / 1e3) / 1e12
     jax_times, torch_times = _split(times, torch_fns)
     out = {"jax": {"times": jax_times, "compile_s": compile_s, "flops": flops}}
+    out["jax"]["same_program"] = programs["custom"] == programs["autodiff"]
     if torch_fns:
         out["torch"] = {"times": torch_times}
     return out

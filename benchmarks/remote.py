@@ -13,11 +13,30 @@ import sys
 
 from benchmarks.timing import SelfTimed
 
+# JAX backend -> the torch device type that runs on the same hardware. ROCm builds
+# of torch also call their GPUs "cuda".
+_TORCH_DEVICE = {"cpu": "cpu", "gpu": "cuda", "cuda": "cuda", "rocm": "cuda"}
+
+
+def torch_device_for(jax_backend: str) -> str:
+    """The torch device to request for a JAX backend ("cpu" where torch has no
+    counterpart, e.g. a TPU; `backends_match` then says the two differ)."""
+    return _TORCH_DEVICE.get(jax_backend, "cpu")
+
+
+def backends_match(jax_backend: str, torch_device: str) -> bool:
+    """Whether torch on `torch_device` runs on the hardware JAX's backend uses."""
+    return _TORCH_DEVICE.get(jax_backend) == torch_device
+
 
 class TorchWorker:
-    """A running torch worker. Raises RuntimeError when the worker fails."""
+    """A running torch worker. Raises RuntimeError when the worker fails.
 
-    def __init__(self, script: str, threads: int):
+    `device` is the torch device requested ("cpu" or "cuda"); `self.device` is the
+    one the worker uses, which is "cpu" when CUDA was asked for but torch has none.
+    """
+
+    def __init__(self, script: str, threads: int, device: str = "cpu"):
         if importlib.util.find_spec("torch") is None:
             raise RuntimeError("torch is not installed")
         self.proc = subprocess.Popen(
@@ -27,7 +46,9 @@ class TorchWorker:
             stderr=subprocess.PIPE,
             text=True,
         )
-        self.version = self.request({"cmd": "threads", "n": threads})["version"]
+        reply = self.request({"cmd": "setup", "threads": threads, "device": device})
+        self.version, self.device = reply["version"], reply["device"]
+        self.device_note = reply.get("note", "")
 
     def request(self, msg: dict) -> dict:
         if self.proc.poll() is not None:

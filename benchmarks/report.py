@@ -1,8 +1,9 @@
-"""Markdown tables, PASS/FAIL targets computed from the measurements, and a chart."""
+"""Markdown tables of the measurements and the targets (`benchmarks.targets`
+judges them), and a chart."""
 
 from __future__ import annotations
 
-from benchmarks.cases import HEADLINE_MAXPOOL
+from benchmarks.targets import LEVEL, torch_comparable
 
 
 def _ms(stats: dict | None) -> str:
@@ -28,20 +29,23 @@ def _times(entry: dict, side: str) -> dict:
 def ops_table(ops: dict) -> list[str]:
     lines = [
         "| case | part | custom ms (IQR) | autodiff ms (IQR) | torch ms (IQR) "
-        "| custom/autodiff | custom/torch | compile custom/autodiff s |",
-        "|---|---|---|---|---|---|---|---|",
+        "| custom/autodiff | custom/torch | compile custom/autodiff s "
+        "| same program |",
+        "|---|---|---|---|---|---|---|---|---|",
     ]
     for name, entry in ops.items():
         jt, tt = _times(entry, "jax"), _times(entry, "torch")
         compile_s = entry.get("jax", {}).get("compile_s", {})
+        same = entry.get("jax", {}).get("same_program")
         for part in entry["case"]["parts"]:
             c, a = jt.get(f"{part}/custom"), jt.get(f"{part}/autodiff")
             t = tt.get(f"{part}/torch")
             cc, ca = compile_s.get(f"{part}/custom"), compile_s.get(f"{part}/autodiff")
             comp = f"{_fmt(cc)} / {_fmt(ca)}" if cc is not None else "-"
+            flag = "-" if part != "fwdbwd" or same is None else "yes" if same else "no"
             lines.append(
                 f"| {name} | {part} | {_ms(c)} | {_ms(a)} | {_ms(t)} "
-                f"| {_fmt(_ratio(c, a))} | {_fmt(_ratio(c, t))} | {comp} |"
+                f"| {_fmt(_ratio(c, a))} | {_fmt(_ratio(c, t))} | {comp} | {flag} |"
             )
     return lines
 
@@ -95,20 +99,27 @@ def memory_tables(memory: dict) -> list[str]:
     lines = []
     if memory.get("peak"):
         lines += [
-            "| model | framework | grad | baseline RSS MB | peak RSS MB | delta MB |",
-            "|---|---|---|---|---|---|",
+            "RSS in MB (module doc of `benchmarks.memory`): before = after setup; "
+            "compile = peak during compilation over before; baseline = after one "
+            "warm-up step; step = peak of the timed steps over baseline.",
+            "",
+            "| model | framework | grad | device | before | compile | baseline "
+            "| step peak | step | device peak MB |",
+            "|---|---|---|---|---|---|---|---|---|---|",
         ]
         for row in memory["peak"]:
+            head = f"| {row['model']} | {row['framework']} | {row['grad']} "
             if "error" in row:
-                lines.append(
-                    f"| {row['model']} | {row['framework']} | {row['grad']} "
-                    f"| error: {row['error'][:80]!r} | | |"
-                )
+                lines.append(head + f"| error: {row['error'][:80]!r} | | | | | | |")
                 continue
+            cells = [
+                _fmt(row.get(k), ".0f")
+                for k in ("before_mb", "compile_mb", "baseline_mb", "peak_mb")
+            ]
+            cells += [_fmt(row.get("step_mb"), ".0f")]
+            cells += [_fmt(row.get("device_peak_mb"), ".0f")]
             lines.append(
-                f"| {row['model']} | {row['framework']} | {row['grad']} "
-                f"| {row['baseline_mb']:.0f} | {row['peak_mb']:.0f} "
-                f"| {row['delta_mb']:.0f} |"
+                head + f"| {row.get('device', '?')} | " + " | ".join(cells) + " |"
             )
         lines.append("")
     if memory.get("residuals"):
@@ -127,94 +138,38 @@ def memory_tables(memory: dict) -> list[str]:
     return lines
 
 
-# ---------------------------------------------------------------------- targets
-
-
-TIE = 0.05  # relative slack for a tie, used only when the IQRs overlap
-
-
-def _target(name, value, threshold, ok, detail=""):
-    return {
-        "target": name,
-        "value": value,
-        "threshold": threshold,
-        "result": "n/a" if ok is None else ("PASS" if ok else "FAIL"),
-        "detail": detail,
-    }
-
-
-def _overlap(a: dict, b: dict) -> bool:
-    return a["q1_ms"] <= b["q3_ms"] and b["q1_ms"] <= a["q3_ms"]
-
-
-def targets(results: dict) -> list[dict]:
-    """The issue's targets, each computed from this run's medians (never constants).
-
-    "No slower" passes at a ratio <= 1, and also as a tie when the two
-    inter-quartile ranges overlap and the ratio is within `TIE` of 1. A conv case
-    whose two modes compile to the same convolutions (compared on the compiled
-    programs) is not slower by construction: its ratio is timing noise, and it is
-    reported as such.
-    """
-    out = []
-    ops, train = results.get("ops", {}), results.get("train", {})
-    pools = [n for n, e in ops.items() if e["case"]["op"] == "max_pool2d"]
-    headline = HEADLINE_MAXPOOL if HEADLINE_MAXPOOL in ops else (pools or [None])[0]
-    if headline is not None:
-        jt = _times(ops[headline], "jax")
-        c, a = jt.get("bwd/custom"), jt.get("bwd/autodiff")
-        r = _ratio(a, c)
-        out.append(
-            _target(
-                f"max pool backward speed-up autodiff/custom [{headline}]",
-                r,
-                ">= 4",
-                None if r is None else r >= 4,
-            )
-        )
-    for name, entry in ops.items():
-        if entry["case"]["op"] not in ("avg_pool2d", "conv2d"):
-            continue
-        jt = _times(entry, "jax")
-        c, a = jt.get("fwdbwd/custom"), jt.get("fwdbwd/autodiff")
-        r = _ratio(c, a)
-        ok, detail = None if r is None else r <= 1.0, ""
-        if ok is False and entry["jax"].get("same_convolutions"):
-            ok, detail = True, "same compiled convolutions in both modes: noise"
-        elif ok is False and _overlap(c, a):
-            ok = r <= 1.0 + TIE
-            detail = f"tie: IQRs overlap{'' if ok else f', but over {1 + TIE}'}"
-        out.append(
-            _target(f"fwd+bwd custom/autodiff [{name}]", r, "<= 1.0", ok, detail)
-        )
-    for model, label in (("vgg", "VGG (BN)"), ("vgg_nobn", "VGG issue model (no BN)")):
-        if model not in train:
-            continue
-        jt, tt = _times(train[model], "jax"), _times(train[model], "torch")
-        r = _ratio(jt.get("custom"), jt.get("autodiff"))
-        out.append(_target(f"{label} step custom/autodiff", r, "<= 0.8", _le(r, 0.8)))
-        r = _ratio(jt.get("custom"), tt.get("torch"))
-        out.append(_target(f"{label} step custom/torch", r, "<= 1.0", _le(r, 1.0)))
-    if "lenet" in train:
-        jt, tt = _times(train["lenet"], "jax"), _times(train["lenet"], "torch")
-        r = _ratio(jt.get("custom"), tt.get("torch"))
-        out.append(_target("LeNet-5 step custom/torch", r, "<= 0.8", _le(r, 0.8)))
-    return out
-
-
-def _le(r, bound):
-    return None if r is None else r <= bound
-
-
 def targets_table(rows: list[dict]) -> list[str]:
-    lines = ["| target | measured | threshold | result |", "|---|---|---|---|"]
+    lines = [
+        f"| target | measured | threshold | {LEVEL:.0%} interval | result | reason |",
+        "|---|---|---|---|---|---|",
+    ]
     for row in rows:
-        detail = f" ({row['detail']})" if row["detail"] else ""
+        interval = row.get("interval")
+        span = "-" if not interval else f"[{interval[0]:.3f}, {interval[1]:.3f}]"
         lines.append(
-            f"| {row['target']} | {_fmt(row['value'])} | {row['threshold']} "
-            f"| {row['result']}{detail} |"
+            f"| {row['target']} | {_fmt(row['value'], '.3f')} | {row['threshold']} "
+            f"| {span} | {row['result']} | {row['reason'] or '-'} |"
         )
     return lines
+
+
+def _torch_line(meta: dict) -> list[str]:
+    """What the torch side ran on, or why it did not run."""
+    lines = []
+    if "torch" in meta:
+        device = meta.get("torch_device", "cpu")
+        note = meta.get("torch_device_note")
+        lines.append(
+            f"PyTorch {meta['torch']} on {device}"
+            + (f" ({note})" if note else "")
+            + "."
+        )
+    if "torch_error" in meta:
+        lines.append(f"**torch_error**: `{meta['torch_error'][-500:]}`")
+    comparable, why_not = torch_comparable(meta)
+    if "torch" in meta and not comparable:
+        lines.append(f"Torch targets are n/a: {why_not}.")
+    return [" ".join(lines), ""] if lines else []
 
 
 def markdown(results: dict) -> str:
@@ -230,9 +185,12 @@ def markdown(results: dict) -> str:
         f"{meta.get('loadavg_end', '?')}, XLA_FLAGS={meta['xla_flags']!r}"
         + (" (quick grid: ratios not meaningful)" if meta["quick"] else ""),
         "",
+        *_torch_line(meta),
         "Times are medians in ms with the inter-quartile range in brackets. All "
         "variants of a row run round-robin; torch runs in a worker subprocess, one "
-        "request per iteration, timed inside the worker.",
+        "request per iteration, timed inside the worker (device synchronized "
+        "around it). Same program: custom and autodiff fwd+bwd compile to the same "
+        "optimized HLO, names, ids and metadata aside.",
         "",
     ]
     if results.get("ops"):
@@ -242,8 +200,18 @@ def markdown(results: dict) -> str:
         lines += ["## Compute", ""] + compute_table(results["train"], meta) + [""]
     if results.get("memory"):
         lines += ["## Memory", ""] + memory_tables(results["memory"]) + [""]
-    lines += ["## Targets", ""] + targets_table(results["targets"]) + [""]
+    lines += ["## Targets", "", TARGETS_NOTE, ""]
+    lines += targets_table(results["targets"]) + [""]
     return "\n".join(lines)
+
+
+TARGETS_NOTE = (
+    f"PASS: the median ratio and its whole {LEVEL:.0%} bootstrap interval (pairs of "
+    "round-robin repeats resampled) meet the threshold. FAIL: both miss it. "
+    "inconclusive: the interval straddles it. n/a (identical programs): both modes "
+    "compile to the same optimized HLO, so the ratio is noise. n/a: not measured, "
+    "or torch absent or on another backend than JAX."
+)
 
 
 _SERIES = (("custom", "tab:blue"), ("autodiff", "tab:orange"), ("torch", "tab:green"))

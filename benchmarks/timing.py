@@ -16,7 +16,8 @@ import numpy as np
 
 
 def summarize(seconds: list[float]) -> dict:
-    """Median, quartiles, min and count of a list of seconds, in milliseconds."""
+    """Median, quartiles, min and count of a list of seconds, in milliseconds, and
+    the samples themselves in run order (the targets bootstrap their ratios)."""
     ms = np.asarray(seconds) * 1e3
     q1, med, q3 = np.percentile(ms, [25, 50, 75])
     return {
@@ -26,6 +27,7 @@ def summarize(seconds: list[float]) -> dict:
         "iqr_ms": float(q3 - q1),
         "min_ms": float(ms.min()),
         "n": int(ms.size),
+        "samples_ms": [float(v) for v in ms],
     }
 
 

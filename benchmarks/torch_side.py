@@ -1,10 +1,14 @@
-"""PyTorch (CPU, eager) versions of the same cases, served from a worker subprocess.
+"""PyTorch (eager) versions of the same cases, served from a worker subprocess.
 
 Kept out of the JAX process on purpose: torch and jax in one process have caused
 heap-corruption aborts in long loops here. Imported only by the worker, which
 `serve` runs: it reads one JSON command per line on stdin and answers one JSON
 line on stdout, so the JAX process can interleave torch iterations with its own
 (see `benchmarks.remote`).
+
+Torch runs on the device the JAX side asks for ("cuda" when JAX's backend is a
+GPU), with the case's dtype and batch. CUDA kernels run asynchronously, so a timed
+iteration synchronizes the device before the clock starts and before it stops.
 """
 
 from __future__ import annotations
@@ -18,17 +22,28 @@ import torch.nn as nn
 import torch.nn.functional as F
 
 
-def _inputs(case: dict) -> list:
+def _dtype(case: dict) -> torch.dtype:
+    return getattr(torch, case.get("dtype", "float32"))
+
+
+def synchronize(device: str) -> None:
+    """Waits for the device's queued work (a no-op on the CPU, which is eager)."""
+    if device == "cuda":
+        torch.cuda.synchronize()
+
+
+def _inputs(case: dict, device: str) -> list:
+    # Drawn on the CPU (one generator, the same numbers on any device), then moved.
     gen = torch.Generator().manual_seed(0)
-    arrays = [torch.randn(case["x"], generator=gen, requires_grad=True)]
+    arrays = [torch.randn(case["x"], generator=gen)]
     if case["op"] == "conv2d":
         fan_in = 1
         for d in case["w"][1:]:
             fan_in *= d
         w = torch.randn(case["w"], generator=gen) / fan_in**0.5
-        arrays += [w.requires_grad_(), torch.randn(case["b"], generator=gen)]
-        arrays[2].requires_grad_()
-    return arrays
+        arrays += [w, torch.randn(case["b"], generator=gen)]
+    dtype = _dtype(case)
+    return [a.to(device, dtype).requires_grad_() for a in arrays]
 
 
 def op_fn(case: dict):
@@ -40,12 +55,14 @@ def op_fn(case: dict):
     return lambda x: F.avg_pool2d(x, case["window"], **kw)
 
 
-def op_callables(case: dict) -> dict:
+def op_callables(case: dict, device: str = "cpu") -> dict:
     """ "{part}/torch" -> callable running one iteration of that part."""
-    arrays = _inputs(case)
+    arrays = _inputs(case, device)
     f = op_fn(case)
     with torch.no_grad():
-        g = torch.randn(f(*arrays).shape, generator=torch.Generator().manual_seed(1))
+        shape = f(*arrays).shape
+    g = torch.randn(shape, generator=torch.Generator().manual_seed(1))
+    g = g.to(device, _dtype(case))
     fns = {}
     if "fwd" in case["parts"]:
 
@@ -102,13 +119,14 @@ def build_model(name: str, input_shape, num_classes: int = 10) -> nn.Module:
     )
 
 
-def make_step(name: str, input_shape):
+def make_step(name: str, input_shape, device: str = "cpu", dtype: str = "float32"):
+    """One Adam train step on a fixed batch, as a zero-argument callable."""
     torch.manual_seed(0)
-    model = build_model(name, input_shape)
+    model = build_model(name, input_shape).to(device, getattr(torch, dtype))
     model.train()
     optimizer = torch.optim.Adam(model.parameters(), lr=1e-3)
-    x = torch.randn(input_shape)
-    y = torch.arange(input_shape[0]) % 10
+    x = torch.randn(input_shape).to(device, getattr(torch, dtype))
+    y = (torch.arange(input_shape[0]) % 10).to(device)
 
     def step():
         optimizer.zero_grad(set_to_none=True)
@@ -120,36 +138,54 @@ def make_step(name: str, input_shape):
     return step
 
 
+def pick_device(requested: str) -> tuple[str, str]:
+    """(the device to use, a note when it is not the one requested)."""
+    if requested == "cuda" and not torch.cuda.is_available():
+        return "cpu", "CUDA requested, but torch.cuda.is_available() is False"
+    if requested not in ("cpu", "cuda"):
+        return "cpu", f"unknown device {requested!r} requested"
+    return requested, ""
+
+
 def serve() -> None:
     """Worker loop. Commands (one JSON object per line):
 
-    {"cmd": "threads", "n": 2}; {"cmd": "op", "case": {...}} and
-    {"cmd": "train", "case": {...}}, which prepare callables and answer their keys;
-    {"cmd": "time", "key": k}, which runs one iteration and answers its seconds;
-    {"cmd": "quit"}. Errors are answered as {"error": "..."}.
+    {"cmd": "setup", "threads": 2, "device": "cuda"}, answered with the torch
+    version and the device used ("cpu", with a note, when CUDA is asked for but
+    absent); {"cmd": "op", "case": {...}} and {"cmd": "train", "case": {...}},
+    which prepare callables and answer their keys; {"cmd": "time", "key": k},
+    which runs one iteration and answers its seconds; {"cmd": "quit"}. Errors are
+    answered as {"error": "..."}.
     """
     proto, sys.stdout = sys.stdout, sys.stderr  # stray prints must not break it
     fns: dict = {}
+    device = "cpu"
     for line in sys.stdin:
         msg = json.loads(line)
         cmd = msg["cmd"]
         try:
             if cmd == "quit":
                 break
-            if cmd == "threads":
-                torch.set_num_threads(msg["n"])
-                reply = {"version": torch.__version__}
+            if cmd == "setup":
+                torch.set_num_threads(msg["threads"])
+                device, note = pick_device(msg.get("device", "cpu"))
+                reply = {"version": torch.__version__, "device": device, "note": note}
             elif cmd == "op":
-                new = op_callables(msg["case"])
+                new = op_callables(msg["case"], device)
                 fns.update({f"{msg['case']['name']}|{k}": fn for k, fn in new.items()})
                 reply = {"keys": [f"{msg['case']['name']}|{k}" for k in new]}
             elif cmd == "train":
-                key = f"train|{msg['case']['model']}"
-                fns[key] = make_step(msg["case"]["model"], msg["case"]["input"])
+                case = msg["case"]
+                key = f"train|{case['model']}"
+                fns[key] = make_step(
+                    case["model"], case["input"], device, case.get("dtype", "float32")
+                )
                 reply = {"keys": [key]}
             elif cmd == "time":
+                synchronize(device)
                 start = time.perf_counter()
                 fns[msg["key"]]()
+                synchronize(device)
                 reply = {"s": time.perf_counter() - start}
             else:
                 reply = {"error": f"unknown command {cmd!r}"}

@@ -1,4 +1,4 @@
-"""Helpers shared by the op and layer test modules."""
+"""Helpers shared by the op and layer test modules (fixtures live in conftest.py)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,6 @@ from functools import partial
 import jax
 import jax.numpy as jnp
 import numpy as np
-import pytest
 from jax import lax
 
 
@@ -32,15 +31,6 @@ def _fast_compile_options():
 
 
 fast_jit = partial(jax.jit, compiler_options=_fast_compile_options())
-
-
-@pytest.fixture(autouse=True)
-def release_compiled():
-    """Drop each test's compiled executables: the slow sweeps compile thousands,
-    and XLA:CPU has segfaulted in a later compile after holding ~4 GB of them.
-    Autouse in every module that imports it."""
-    yield
-    jax.clear_caches()
 
 
 def assert_close(actual, expected, rtol):

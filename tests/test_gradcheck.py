@@ -101,6 +101,7 @@ def test_layer_with_input_shape_and_given_params():
     report = funcnn.gradcheck(funcnn.Dense(2), x, params=params)
     assert report.ok, str(report)
     assert report.rows[1].shape == (2, 3)
+    assert _same_path(report)  # Dense has no custom rule
 
 
 def test_batchnorm_and_dropout_in_training():
@@ -108,6 +109,7 @@ def test_batchnorm_and_dropout_in_training():
     report = funcnn.gradcheck(layer, _normal(0, 4, 3, 2, 2), train=True)
     assert report.ok, str(report)
     assert "params['00_batchnorm']['scale']" in [r.name for r in report.rows]
+    assert _same_path(report)  # neither has a custom rule
 
 
 def test_model_with_loss_passes_and_names_leaves():
@@ -121,6 +123,7 @@ def test_model_with_loss_passes_and_names_leaves():
     x, labels = _normal(0, 3, 1, 6, 6), np.array([0, 2, 1], np.int32)
     report = funcnn.gradcheck(model, x, labels=labels)
     assert report.ok, str(report)
+    assert not report.same_path and all(r.ad_ok for r in report.rows)
     names = [r.name for r in report.rows]
     assert names == [
         "params['00_conv']['b']",
@@ -179,10 +182,42 @@ def test_directions_catch_an_error_no_sampled_coordinate_sees():
     )
     assert only_dirs.rows[0].fd_coords == 0
     assert only_dirs.rows[0].fd_ok is False
+
+
+def test_nothing_compared_is_unchecked_not_ok():
+    """No autodiff and no FD probe: the report says unchecked, never ok."""
+    x = _normal(0, 200)
     unchecked = funcnn.gradcheck(
         bad_at_one, x, autodiff=False, max_coords_per_leaf=0, directions=0
     )
-    assert unchecked.rows[0].fd_ok is None and unchecked.ok
+    (row,) = unchecked.rows
+    assert row.fd_ok is None and row.ad_ok is None and not row.checked
+    assert row.result == "unchecked" and not row.ok
+    assert not unchecked.ok and unchecked.status == "unchecked"
+    assert str(unchecked).splitlines()[-1].strip().startswith("result: unchecked")
+    # Autodiff alone is a comparison: the wrong rule fails, with no FD at all.
+    ad_only = funcnn.gradcheck(bad_at_one, x, max_coords_per_leaf=0, directions=0)
+    assert ad_only.status == "FAILED" and ad_only.rows[0].ad_ok is False
+
+
+def _same_path(report):
+    """Both grad modes ran the same code: the autodiff column says so instead of
+    printing a zero, and the verdict rests on finite differences alone."""
+    text = str(report)
+    return (
+        report.same_path
+        and all(r.ad_ok is None and r.ad_abs is None for r in report.rows)
+        and all(r.fd_ok for r in report.rows)
+        and "same path" in text
+        and "0.0e+00" not in text
+    )
+
+
+def test_same_path_with_nothing_else_compared_is_unchecked():
+    report = funcnn.gradcheck(
+        funcnn.Relu(), _normal(0, 3, 4), max_coords_per_leaf=0, directions=0
+    )
+    assert report.same_path and report.status == "unchecked" and not report.ok
 
 
 # ------------------------------------------------------------ non-smooth points
@@ -214,6 +249,7 @@ def test_relu_at_zero_is_reported_non_smooth():
     (row,) = report.rows
     assert set(row.nonsmooth) == {(0, 0), (0, 3)}
     assert report.ok, str(report)
+    assert _same_path(report)
 
 
 def test_smooth_curvature_is_not_mistaken_for_a_kink():

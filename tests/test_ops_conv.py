@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import textwrap
+import zlib
 from functools import partial
 from typing import NamedTuple
 
@@ -14,8 +15,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import as_pair, assert_close, fast_jit, pads_of, release_compiled  # noqa: F401
-from hypothesis import assume, given, settings
+from helpers import as_pair, assert_close, fast_jit, pads_of
+from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
@@ -24,6 +25,7 @@ from funcnn import ops
 from funcnn.ops.conv import PATCHES_MAX_TAPS
 
 GRADS = ("custom", "autodiff")
+pytestmark = pytest.mark.usefixtures("release_compiled")
 
 
 # ------------------------------------------------------------- numpy reference
@@ -121,6 +123,11 @@ paddings = st.one_of(
     st.tuples(st.tuples(ints(0, 2), ints(0, 2)), st.tuples(ints(0, 2), ints(0, 2))),
     st.sampled_from(["SAME", "VALID"]),
 )
+# Half the paddings are pairs of pairs, the one spelling that pads unevenly by
+# choice (one_of alone would give them a quarter).
+pairs_of_pairs = st.tuples(
+    st.tuples(ints(0, 2), ints(0, 2)), st.tuples(ints(0, 2), ints(0, 2))
+)
 
 
 @st.composite
@@ -131,8 +138,8 @@ def conv_configs(draw, max_hw=9):
     c_out = groups * draw(ints(1, per_group))
     kh, kw = draw(ints(1, 4)), draw(ints(1, 4))
     stride, dilation = draw(one_or_pair(1, 3)), draw(one_or_pair(1, 2))
-    padding = draw(paddings)
-    n = draw(st.sampled_from((2, 1, 2, 1, 2, 0)))
+    padding = draw(pairs_of_pairs if draw(st.booleans()) else paddings)
+    n = draw(ints(1, 2))  # an empty batch checks nothing here: test_empty_batch
     hw = []
     for axis, k in enumerate((kh, kw)):
         eff = as_pair(dilation)[axis] * (k - 1) + 1
@@ -153,10 +160,13 @@ def conv_configs(draw, max_hw=9):
     )
 
 
-def make_args(cfg, dtype, seed):
+def make_args(cfg, dtype, seed, integers=False):
+    """x, w, b and a cotangent g of the output's shape. With `integers`, x and w
+    hold small integers: every product and sum is exact, in any dtype."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(cfg.x_shape)
-    w = rng.standard_normal(cfg.w_shape)
+    draw = (lambda shape: rng.integers(-3, 4, shape)) if integers else None
+    x = draw(cfg.x_shape) if draw else rng.standard_normal(cfg.x_shape)
+    w = draw(cfg.w_shape) if draw else rng.standard_normal(cfg.w_shape)
     b = rng.standard_normal(cfg.w_shape[0]) if cfg.bias else None
     out = (cfg.x_shape[0], cfg.w_shape[0]) + cfg.geometry()[3]
     g = rng.standard_normal(out)
@@ -175,17 +185,21 @@ def conv_both(kwargs, x, w, b, g):
     return out
 
 
-def check_against_autodiff(cfg, dtype, seed, rtol):
-    x, w, b, g = make_args(cfg, dtype, seed)
+def takes_patches(cfg):
+    taps = cfg.w_shape[1] * cfg.w_shape[2] * cfg.w_shape[3]
+    return taps <= PATCHES_MAX_TAPS and cfg.kw["groups"] == 1
+
+
+def check_against_autodiff(cfg, dtype, seed, rtol, integers=False):
+    """Custom gradients against autodiff's; the outputs too where they come from
+    different code (the patches path: on the direct path the custom forward is
+    the reference itself, so comparing them would prove nothing)."""
+    x, w, b, g = make_args(cfg, dtype, seed, integers)
     res = conv_both(cfg.kwargs, x, w, b, g)
     (y, *grads), (y_ref, *grads_ref) = res["custom"], res["autodiff"]
     assert y.shape == g.shape and y.dtype == dtype
-    if cfg.w_shape[1] * cfg.w_shape[2] * cfg.w_shape[3] > PATCHES_MAX_TAPS or (
-        cfg.kw["groups"] > 1
-    ):
-        np.testing.assert_array_equal(y, y_ref)  # the very same convolution
-    else:
-        assert_close(y, y_ref, rtol)  # patches: one matrix product, other order
+    if takes_patches(cfg):
+        assert_close(y, y_ref, rtol)  # one matrix product, summed in another order
     for name, got, want in zip(("dx", "dw", "db"), grads, grads_ref):
         if want is None:
             assert got is None and not cfg.bias
@@ -196,6 +210,7 @@ def check_against_autodiff(cfg, dtype, seed, rtol):
 
 
 def check_against_numpy(cfg, args, custom, rtol=1e-10):
+    """Output and gradients against the loop-over-taps oracle, in float64."""
     stride, dilation, pads, _ = cfg.geometry()
     x, w, b, g = (None if a is None else np.asarray(a, np.float64) for a in args)
     want = np_conv(x, w, b, stride, pads, dilation, cfg.kw["groups"], g=g)
@@ -207,26 +222,101 @@ def check_against_numpy(cfg, args, custom, rtol=1e-10):
 # ------------------------------------------------------- custom vs autodiff sweeps
 
 
-def _sweep(examples, dtype, rtol, with_numpy):
-    @settings(derandomize=True, database=None, deadline=None, max_examples=examples)
-    @given(cfg=conv_configs(), seed=ints(0, 2**32 - 1))
-    def test(cfg, seed):
-        assume(autodiff_safe(cfg))
-        args, custom = check_against_autodiff(cfg, dtype, seed, rtol)
-        if with_numpy:
-            check_against_numpy(cfg, args, custom)
+@st.composite
+def sweep_cases(draw, max_hw=9):
+    """(cfg, seed, integers): a config, an input seed, and integer-valued inputs
+    in half the cases, picked by a checksum of the case: a boolean drawn on its
+    own comes out skewed, as hypothesis reuses and shrinks its choices."""
+    cfg, seed = draw(conv_configs(max_hw)), draw(ints(0, 2**32 - 1))
+    return cfg, seed, zlib.crc32(repr((cfg, seed)).encode()) % 2 == 1
 
+
+# The rare combinations, whatever hypothesis draws: stride > 1 with dilation > 1
+# on one axis, asymmetric padding, on both paths, with integer and normal inputs.
+SWEEP_EXAMPLES = [
+    (make_cfg((2, 2, 9, 8), (3, 2, 2, 3), stride=(2, 3), dilation=2,
+              padding=((1, 0), (2, 1))), 1, False),  # patches
+    (make_cfg((1, 4, 10, 9), (4, 2, 3, 3), stride=2, dilation=(2, 1),
+              padding=((0, 2), (1, 0)), groups=2), 2, True),  # direct, groups
+    (make_cfg((2, 4, 9, 9), (2, 4, 3, 3), bias=False, stride=(2, 1), dilation=2,
+              padding=((2, 1), (0, 1))), 3, True),  # direct, 36 taps
+    (make_cfg((2, 1, 8, 7), (2, 1, 3, 3), stride=2, dilation=(1, 2),
+              padding="SAME"), 4, True),  # patches, SAME pads unevenly
+]  # fmt: skip
+
+
+def check_case(case, dtype, rtol):
+    """One drawn sweep case: custom against autodiff, then against numpy."""
+    cfg, seed, integers = case
+    args, custom = check_against_autodiff(cfg, dtype, seed, rtol, integers)
+    check_against_numpy(cfg, args, custom, rtol)
+
+
+def _sweep(count, dtype, rtol, examples=()):
+    """A hypothesis sweep of `count` drawn cases plus the given examples (which
+    take the place of drawn ones, so the sweep costs the same)."""
+
+    @settings(
+        derandomize=True,
+        database=None,
+        deadline=None,
+        max_examples=count - len(examples),
+    )
+    @given(case=sweep_cases())
+    def test(case):
+        assume(autodiff_safe(case[0]))
+        check_case(case, dtype, rtol)
+
+    for case in examples:
+        test = example(case=case)(test)
     return test
 
 
-test_custom_matches_autodiff_f64 = _sweep(100, jnp.float64, 1e-10, True)
-test_custom_matches_autodiff_f32 = _sweep(15, jnp.float32, 1e-5, False)
+test_custom_matches_autodiff_f64 = _sweep(100, jnp.float64, 1e-10, SWEEP_EXAMPLES)
+test_custom_matches_autodiff_f32 = _sweep(15, jnp.float32, 1e-5)
 test_custom_matches_autodiff_f64_slow = pytest.mark.slow(
-    _sweep(1000, jnp.float64, 1e-10, True)
+    _sweep(1000, jnp.float64, 1e-10, SWEEP_EXAMPLES)
 )
 test_custom_matches_autodiff_f32_slow = pytest.mark.slow(
-    _sweep(300, jnp.float32, 1e-5, False)
+    _sweep(300, jnp.float32, 1e-5, SWEEP_EXAMPLES)
 )
+
+
+def drawn_distribution(sweep, monkeypatch) -> dict:
+    """Runs `sweep` (a hypothesis test of this module) with the checks swapped for
+    a recorder: the very cases it checks, in its derandomized order, counted."""
+    seen = []
+    monkeypatch.setattr(
+        sys.modules[__name__], "check_case", lambda case, *_: seen.append(case)
+    )
+    sweep()
+    counts = {"cases": len(seen)}
+    for cfg, _, integers in seen:
+        stride, dilation, pads, _ = cfg.geometry()
+        features = {
+            "empty batch": cfg.x_shape[0] == 0,
+            "integer inputs": integers,
+            "stride>1 with dilation>1 on one axis": any(
+                s > 1 and d > 1 for s, d in zip(stride, dilation)
+            ),
+            "asymmetric padding": any(lo != hi for lo, hi in pads),
+            "patches path": takes_patches(cfg),
+        }
+        for name, present in features.items():
+            counts[name] = counts.get(name, 0) + bool(present)
+    return counts
+
+
+def test_sweep_distribution(monkeypatch):
+    """What the f64 sweep draws covers what it is for: no empty batches, integer
+    inputs in about half, and each rare combination (shown with pytest -s)."""
+    counts = drawn_distribution(test_custom_matches_autodiff_f64, monkeypatch)
+    print(f"conv2d f64 sweep: {counts}")
+    assert counts["cases"] >= 90 and counts["empty batch"] == 0, counts
+    assert 40 <= counts["integer inputs"] <= 60, counts
+    for name in ("stride>1 with dilation>1 on one axis", "asymmetric padding"):
+        assert counts[name] >= 20, counts
+    assert 10 <= counts["patches path"] <= counts["cases"] - 10
 
 
 PATCH_CFGS = [
@@ -579,12 +669,25 @@ def test_matches_torch(run_torch):
 
 JIT_CFG = make_cfg((2, 4, 7, 6), (4, 2, 3, 2), stride=(2, 1), padding=((1, 0), (0, 2)),
                    dilation=(1, 2), groups=2)  # fmt: skip
+# The same geometry without groups: 18 taps, the patches (im2col) path.
+PATCH_JIT_CFG = make_cfg((2, 3, 7, 6), (4, 3, 3, 2), stride=(2, 1),
+                         padding=((1, 0), (0, 2)), dilation=(1, 2))  # fmt: skip
+# The autodiff path is the reference whatever the config: once is enough.
+PATH_MODES = [
+    pytest.param(JIT_CFG, "custom", id="direct-custom"),
+    pytest.param(JIT_CFG, "autodiff", id="direct-autodiff"),
+    pytest.param(PATCH_JIT_CFG, "custom", id="patches-custom"),
+]
 
 
-@pytest.mark.parametrize("mode", GRADS)
-def test_jit_equals_eager(mode):
-    x, w, b, g = make_args(JIT_CFG, jnp.float64, 6)
-    f = partial(ops.conv2d, grad=mode, **JIT_CFG.kw)
+def test_jit_configs_take_the_paths_they_name():
+    assert not takes_patches(JIT_CFG) and takes_patches(PATCH_JIT_CFG)
+
+
+@pytest.mark.parametrize("cfg, mode", PATH_MODES)
+def test_jit_equals_eager(cfg, mode):
+    x, w, b, g = make_args(cfg, jnp.float64, 6)
+    f = partial(ops.conv2d, grad=mode, **cfg.kw)
     loss = lambda x, w, b: jnp.vdot(f(x, w, b), g)  # noqa: E731
     np.testing.assert_array_equal(jax.jit(f)(x, w, b), f(x, w, b))
     for got, want in zip(
@@ -593,9 +696,8 @@ def test_jit_equals_eager(mode):
         assert_close(got, want, 1e-13)
 
 
-@pytest.mark.parametrize("mode", GRADS)
-def test_vmap_equals_loop(mode):
-    cfg = JIT_CFG
+@pytest.mark.parametrize("cfg, mode", PATH_MODES)
+def test_vmap_equals_loop(cfg, mode):
     rng = np.random.default_rng(7)
     x5 = jnp.asarray(rng.standard_normal((3,) + cfg.x_shape))
     w5 = jnp.asarray(rng.standard_normal((3,) + cfg.w_shape))
@@ -614,22 +716,31 @@ def test_vmap_equals_loop(mode):
     assert_close(dw, jnp.stack([d[1] for d in loop]), 1e-12)
 
 
-@pytest.mark.parametrize("mode", GRADS)
+@pytest.mark.parametrize("cfg, mode", PATH_MODES)
 @pytest.mark.parametrize(
     "dtype, rtol",
-    [(jnp.float64, 1e-10), (jnp.float32, 1e-5), (jnp.bfloat16, 2e-2)],
+    [
+        (jnp.float64, 1e-10),
+        (jnp.float32, 1e-5),
+        (jnp.bfloat16, 2e-2),
+        (jnp.float16, 4e-3),
+    ],
 )
-def test_dtypes(dtype, rtol, mode):
+def test_dtypes(dtype, rtol, cfg, mode):
     """Forward and gradients in each dtype, against float32/64 on the same inputs."""
-    x, w, b, g = make_args(JIT_CFG, dtype, 9)
-    f = partial(ops.conv2d, grad=mode, **JIT_CFG.kw)
-    y, vjp = jax.vjp(f, x, w, b)
-    grads = vjp(g)
+    x, w, b, g = make_args(cfg, dtype, 9)
+
+    @fast_jit
+    def y_and_grads(x, w, b, g):
+        y, vjp = jax.vjp(partial(ops.conv2d, grad=mode, **cfg.kw), x, w, b)
+        return y, vjp(g)
+
+    y, grads = y_and_grads(x, w, b, g)
     assert y.dtype == dtype and all(d.dtype == dtype for d in grads)
-    wide = jnp.float32 if dtype == jnp.bfloat16 else jnp.float64
-    y_ref, vjp_ref = jax.vjp(f, *(a.astype(wide) for a in (x, w, b)))
+    wide = jnp.float64 if dtype in (jnp.float64, jnp.float32) else jnp.float32
+    y_ref, grads_ref = y_and_grads(*(a.astype(wide) for a in (x, w, b, g)))
     assert_close(y, y_ref, rtol)
-    for got, want in zip(grads, vjp_ref(g.astype(wide))):
+    for got, want in zip(grads, grads_ref):
         assert_close(got, want, rtol)
 
 

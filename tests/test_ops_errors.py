@@ -251,17 +251,39 @@ def test_non_array_input(fn):
         fn(*args)
 
 
-def test_errors_raise_before_compiling():
-    """A bad call under jit fails at trace time: no compilation is attempted."""
-    traced = []
+BACKEND_COMPILE = "/jax/core/compile/backend_compile_duration"
 
-    def f(x):
-        traced.append(x)
-        return ops.conv2d(x, W, stride=0)
 
+@pytest.fixture
+def compiles():
+    """The names of the functions XLA compiles while the test runs (jax's
+    monitoring events: one per backend compilation)."""
+    seen = []
+
+    def listen(event, duration, **kwargs):
+        del duration
+        if event == BACKEND_COMPILE:
+            seen.append(kwargs.get("fun_name", "?"))
+
+    jax.monitoring.register_event_duration_secs_listener(listen)
+    yield seen
+    jax.monitoring.unregister_event_duration_listener(listen)
+
+
+def test_errors_raise_before_compiling(compiles):
+    """A bad call under jit fails while tracing, and XLA compiles nothing; the same
+    call with a good stride compiles (so the listener does see compilations)."""
+    x = np.zeros((2, 3, 6, 7), np.float32)  # a shape no other test compiles
+
+    def strided_conv(x, stride):
+        return ops.conv2d(x, W, stride=stride)
+
+    f = jax.jit(strided_conv, static_argnums=1)
     with pytest.raises(ValueError, match="conv2d: expected stride >= 1, got 0"):
-        jax.jit(f).lower(X)
-    assert len(traced) == 1
+        f(x, 0)
+    assert compiles == []
+    f(x, 2)
+    assert compiles == ["jit(strided_conv)"]
 
 
 @pytest.mark.parametrize(

@@ -4,6 +4,8 @@ hand-computed answers (ties included) and PyTorch (in a subprocess)."""
 
 from __future__ import annotations
 
+import sys
+import zlib
 from functools import partial
 from typing import NamedTuple
 
@@ -11,8 +13,8 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import as_pair, assert_close, fast_jit, pads_of, release_compiled  # noqa: F401
-from hypothesis import given, settings
+from helpers import as_pair, assert_close, fast_jit, pads_of
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
 
@@ -21,6 +23,7 @@ from funcnn.ops import pool
 
 GRADS = ("custom", "autodiff")
 OPS = {"max": ops.max_pool2d, "avg": ops.avg_pool2d}
+pytestmark = pytest.mark.usefixtures("release_compiled")
 
 
 class Cfg(NamedTuple):
@@ -118,6 +121,15 @@ def empty_window(cfg):
     return False
 
 
+def ceil_extra(cfg) -> tuple[bool, bool]:
+    """Per axis, whether ceil_mode makes the output longer than floor rounding."""
+    if not cfg.kw.get("ceil_mode"):
+        return False, False
+    floor = make_cfg(cfg.op, cfg.x_shape, **{**cfg.kw, "ceil_mode": False})
+    pairs = zip(floor.geometry()[4], cfg.geometry()[4])
+    return tuple(a != b for a, b in pairs)
+
+
 # ------------------------------------------------------------- configurations
 
 ints = st.integers
@@ -133,17 +145,18 @@ def pool_configs(draw, op, max_hw=9):
     dilation = draw(one_or_pair(1, 2)) if op == "max" else 1
     eff = [d * (k - 1) + 1 for d, k in zip(as_pair(dilation), as_pair(window))]
     half = [e // 2 for e in eff]
-    padding = draw(
-        st.one_of(
-            ints(0, min(half)),
-            st.tuples(ints(0, half[0]), ints(0, half[1])),
-            st.tuples(
-                st.tuples(ints(0, half[0]), ints(0, half[0])),
-                st.tuples(ints(0, half[1]), ints(0, half[1])),
-            ),
-            st.sampled_from(["SAME", "VALID"]),
-        )
+    pairs_of_pairs = st.tuples(
+        st.tuples(ints(0, half[0]), ints(0, half[0])),
+        st.tuples(ints(0, half[1]), ints(0, half[1])),
     )
+    paddings = st.one_of(
+        ints(0, min(half)),
+        st.tuples(ints(0, half[0]), ints(0, half[1])),
+        pairs_of_pairs,
+        st.sampled_from(["SAME", "VALID"]),
+    )
+    # Half are pairs of pairs, the one spelling that pads unevenly by choice.
+    padding = draw(pairs_of_pairs if draw(st.booleans()) else paddings)
     hw = []
     for axis in range(2):
         if padding == "SAME":
@@ -158,13 +171,27 @@ def pool_configs(draw, op, max_hw=9):
         kw["dilation"] = dilation
     else:
         kw["count_include_pad"] = draw(st.booleans())
-    n = draw(st.sampled_from((2, 1, 2, 1, 2, 0)))
-    return make_cfg(op, (n, draw(ints(1, 3)), *hw), **kw)
+    n = draw(ints(1, 2))  # an empty batch checks nothing here: FEATURE_CFGS has it
+    c = draw(ints(1, 3))
+    if kw["ceil_mode"] and draw(st.integers(0, 3)):
+        # Most sizes round the same either way, and then ceil_mode checks nothing:
+        # in 3/4 of its draws, grow each axis until rounding up adds an output.
+        for axis in range(2):
+            for _ in range(3):
+                if ceil_extra(make_cfg(op, (n, c, *hw), **kw))[axis]:
+                    break
+                hw[axis] += 1
+    return make_cfg(op, (n, c, *hw), **kw)
 
 
-def make_args(cfg, dtype, seed):
+def make_args(cfg, dtype, seed, integers=False):
+    """x and a cotangent g of the output's shape. With `integers`, x holds
+    integers in [-2, 2]: most max windows then hold ties."""
     rng = np.random.default_rng(seed)
-    x = rng.standard_normal(cfg.x_shape)
+    if integers:
+        x = rng.integers(-2, 3, cfg.x_shape)
+    else:
+        x = rng.standard_normal(cfg.x_shape)
     g = rng.standard_normal(cfg.x_shape[:2] + cfg.geometry()[4])
     return jnp.asarray(x, dtype), jnp.asarray(g, dtype)
 
@@ -179,47 +206,165 @@ def pool_both(op, kwargs, x, g):
     return out
 
 
-def check_sweep(cfg, dtype, seed, rtol, with_numpy):
-    x, g = make_args(cfg, dtype, seed)
+def check_sweep(cfg, dtype, seed, rtol, integers=False):
+    """Custom against autodiff and both against the numpy loops. The forward is
+    compared with autodiff's only for max pooling, whose custom forward is its
+    own code (the argmax pass); mean pooling's custom forward is the reference."""
+    x, g = make_args(cfg, dtype, seed, integers)
     res = pool_both(cfg.op, cfg.kwargs, x, g)
     (y, dx), (y_ref, dx_ref) = res["custom"], res["autodiff"]
     assert y.shape == g.shape and y.dtype == dx.dtype == dtype
-    np.testing.assert_array_equal(y, y_ref)
+    if cfg.op == "max":
+        np.testing.assert_array_equal(y, y_ref)
     assert_close(dx, dx_ref, rtol)
-    if with_numpy:
-        y_np, dx_np = np_pool(cfg, np.asarray(x), np.asarray(g))
-        assert_close(y, y_np, 1e-12)
-        assert_close(dx, dx_np, 1e-12)
+    y_np, dx_np = np_pool(cfg, np.asarray(x, np.float64), np.asarray(g, np.float64))
+    assert_close(y, y_np, max(rtol, 1e-12))
+    assert_close(dx, dx_np, max(rtol, 1e-12))
 
 
 # ------------------------------------------------------- custom vs autodiff sweeps
 
 
-def _sweep(op, examples, dtype, rtol, with_numpy):
-    @settings(derandomize=True, database=None, deadline=None, max_examples=examples)
-    @given(cfg=pool_configs(op), seed=ints(0, 2**32 - 1))
-    def test(cfg, seed):
-        check_sweep(cfg, dtype, seed, rtol, with_numpy)
+@st.composite
+def sweep_cases(draw, op):
+    """(cfg, seed, integers): a config, an input seed, and integer-valued inputs
+    in half the cases, picked by a checksum of the case: a boolean drawn on its
+    own comes out skewed, as hypothesis reuses and shrinks its choices."""
+    cfg, seed = draw(pool_configs(op)), draw(ints(0, 2**32 - 1))
+    return cfg, seed, zlib.crc32(repr((cfg, seed)).encode()) % 2 == 1
 
+
+# The rare combinations, whatever hypothesis draws: stride > 1 with dilation > 1,
+# asymmetric padding, ceil_mode adding an output row or column, ties.
+SWEEP_EXAMPLES = {
+    "max": [
+        (make_cfg("max", (2, 2, 9, 7), window=(2, 3), stride=2, dilation=(2, 1),
+                  padding=((1, 0), (0, 1)), ceil_mode=True), 1, True),
+        (make_cfg("max", (1, 3, 7, 8), window=3, stride=2, dilation=2,
+                  padding="SAME", ceil_mode=False), 2, True),
+        (make_cfg("max", (2, 1, 8, 9), window=2, stride=(3, 2), dilation=(1, 2),
+                  padding=((0, 1), (1, 1)), ceil_mode=True), 3, False),
+    ],
+    "avg": [
+        (make_cfg("avg", (2, 2, 9, 7), window=(3, 2), stride=2,
+                  padding=((1, 0), (1, 1)), ceil_mode=True,
+                  count_include_pad=False), 1, True),
+        (make_cfg("avg", (1, 2, 8, 8), window=3, stride=3, padding=(1, 0),
+                  ceil_mode=True, count_include_pad=True), 2, False),
+    ],
+}  # fmt: skip
+
+
+def check_case(case, dtype, rtol):
+    cfg, seed, integers = case
+    check_sweep(cfg, dtype, seed, rtol, integers)
+
+
+def _sweep(op, count, dtype, rtol, examples=()):
+    """A hypothesis sweep of `count` cases, the given examples included."""
+
+    @settings(
+        derandomize=True,
+        database=None,
+        deadline=None,
+        max_examples=count - len(examples),
+    )
+    @given(case=sweep_cases(op))
+    def test(case):
+        check_case(case, dtype, rtol)
+
+    for case in examples:
+        test = example(case=case)(test)
     return test
 
 
-test_max_custom_matches_autodiff_f64 = _sweep("max", 100, jnp.float64, 1e-10, True)
-test_avg_custom_matches_autodiff_f64 = _sweep("avg", 100, jnp.float64, 1e-10, True)
-test_max_custom_matches_autodiff_f32 = _sweep("max", 15, jnp.float32, 1e-5, False)
-test_avg_custom_matches_autodiff_f32 = _sweep("avg", 15, jnp.float32, 1e-5, False)
+test_max_custom_matches_autodiff_f64 = _sweep(
+    "max", 100, jnp.float64, 1e-10, SWEEP_EXAMPLES["max"]
+)
+test_avg_custom_matches_autodiff_f64 = _sweep(
+    "avg", 100, jnp.float64, 1e-10, SWEEP_EXAMPLES["avg"]
+)
+test_max_custom_matches_autodiff_f32 = _sweep("max", 15, jnp.float32, 1e-5)
+test_avg_custom_matches_autodiff_f32 = _sweep("avg", 15, jnp.float32, 1e-5)
 test_max_custom_matches_autodiff_f64_slow = pytest.mark.slow(
-    _sweep("max", 1000, jnp.float64, 1e-10, True)
+    _sweep("max", 1000, jnp.float64, 1e-10, SWEEP_EXAMPLES["max"])
 )
 test_avg_custom_matches_autodiff_f64_slow = pytest.mark.slow(
-    _sweep("avg", 1000, jnp.float64, 1e-10, True)
+    _sweep("avg", 1000, jnp.float64, 1e-10, SWEEP_EXAMPLES["avg"])
 )
 test_max_custom_matches_autodiff_f32_slow = pytest.mark.slow(
-    _sweep("max", 300, jnp.float32, 1e-5, False)
+    _sweep("max", 300, jnp.float32, 1e-5, SWEEP_EXAMPLES["max"])
 )
 test_avg_custom_matches_autodiff_f32_slow = pytest.mark.slow(
-    _sweep("avg", 300, jnp.float32, 1e-5, False)
+    _sweep("avg", 300, jnp.float32, 1e-5, SWEEP_EXAMPLES["avg"])
 )
+
+
+def has_tie(cfg, x) -> bool:
+    """Whether some max window holds its maximum at two input positions."""
+    window, stride, dilation, pads, (oh, ow) = cfg.geometry()
+    h, w = cfg.x_shape[2:]
+    x = np.asarray(x)
+    for i in range(oh):
+        for j in range(ow):
+            rows = [
+                i * stride[0] + a * dilation[0] - pads[0][0] for a in range(window[0])
+            ]
+            cols = [
+                j * stride[1] + b * dilation[1] - pads[1][0] for b in range(window[1])
+            ]
+            taps = [
+                x[:, :, r, q] for r in rows for q in cols if 0 <= r < h and 0 <= q < w
+            ]
+            if len(taps) > 1:
+                taps = np.stack(taps)
+                if np.any((taps == taps.max(axis=0)).sum(axis=0) > 1):
+                    return True
+    return False
+
+
+def drawn_distribution(sweep, monkeypatch) -> dict:
+    """Runs `sweep` (a hypothesis test of this module) with the checks swapped for
+    a recorder: the very cases it checks, in its derandomized order, counted."""
+    seen = []
+    monkeypatch.setattr(
+        sys.modules[__name__], "check_case", lambda case, *_: seen.append(case)
+    )
+    sweep()
+    counts = {"cases": len(seen)}
+    for cfg, seed, integers in seen:
+        _, stride, dilation, pads, _ = cfg.geometry()
+        features = {
+            "empty batch": cfg.x_shape[0] == 0,
+            "integer inputs": integers,
+            "a tied max window": cfg.op == "max"
+            and has_tie(cfg, make_args(cfg, np.float64, seed, integers)[0]),
+            "ceil_mode adds output": any(ceil_extra(cfg)),
+            "stride>1 with dilation>1 on one axis": any(
+                s > 1 and d > 1 for s, d in zip(stride, dilation)
+            ),
+            "asymmetric padding": any(lo != hi for lo, hi in pads),
+        }
+        for name, present in features.items():
+            counts[name] = counts.get(name, 0) + bool(present)
+    return counts
+
+
+@pytest.mark.parametrize("op", ["max", "avg"])
+def test_sweep_distribution(op, monkeypatch):
+    """What the f64 sweeps draw covers what they are for: no empty batches, ties in
+    about half the max-pool cases, ceil_mode changing the output size, and each
+    rare combination (shown with pytest -s)."""
+    sweep = globals()[f"test_{op}_custom_matches_autodiff_f64"]
+    counts = drawn_distribution(sweep, monkeypatch)
+    print(f"{op}_pool2d f64 sweep: {counts}")
+    assert counts["cases"] == 100 and counts["empty batch"] == 0, counts
+    assert 40 <= counts["integer inputs"] <= 60, counts
+    assert counts["ceil_mode adds output"] >= 10, counts
+    assert counts["asymmetric padding"] >= 20, counts
+    if op == "max":
+        assert counts["a tied max window"] >= 20, counts
+        assert counts["stride>1 with dilation>1 on one axis"] >= 10, counts
 
 
 # Each named feature at least once, whatever hypothesis draws.
@@ -240,7 +385,7 @@ FEATURE_CFGS = [
 @pytest.mark.parametrize("cfg", FEATURE_CFGS)
 @pytest.mark.parametrize("dtype, rtol", [(jnp.float64, 1e-10), (jnp.float32, 1e-5)])
 def test_feature_configs(cfg, dtype, rtol):
-    check_sweep(cfg, dtype, 11, rtol, with_numpy=dtype == jnp.float64)
+    check_sweep(cfg, dtype, 11, rtol)
 
 
 # ----------------------------------------------------- float64 finite differences
