@@ -82,7 +82,8 @@ def combinator(
 
         def call(i, x):
             key, child = children[i]
-            kw = dict(kwargs, key=keys[i], grad=rules.scope(grad, key))
+            kw: dict[str, Any] = dict(kwargs, key=keys[i])
+            kw["grad"] = rules.scope(grad, key)
             kw["hook"] = prefixed(kwargs.get("hook"), key)
             y, new_state[key] = child.apply(params[key], state[key], x, **kw)
             return y
