@@ -1,8 +1,11 @@
 """End-to-end tests of experiments/train.py, run as subprocesses on tiny budgets.
 
 The runs are shared between tests by a module-scoped fixture that starts the
-independent ones at once. Every run is LeNet (width 1) on the digits, 2 epochs
-of 22 steps, logging every step, so runs can be compared line by line.
+independent ones at once, then the ones that resume them (and copies of one with
+a torn newest checkpoint or a chosen step). Every run is LeNet (width 1) on the
+digits, 2 epochs of 22 steps, logging every step, so runs can be compared line
+by line. The in-process tests of bad input never get as far as training, except
+the one whose every step is skipped.
 """
 
 import importlib.util
@@ -125,6 +128,7 @@ def test_runs_finish_and_write_a_run_directory(runs):
     config = json.loads((d["custom"] / "config.json").read_text())
     assert config["grad"] == "custom" and config["steps_per_epoch"] == STEPS_PER_EPOCH
     assert len(config["normalizer"]["mean"]) == 1
+    assert config["data"]["examples"] == 1438 and len(config["data"]["sha256"]) == 64
     recs = records(d["custom"], timing=True)
     steps = [r for r in recs if r["type"] == "step"]
     epochs = [r for r in recs if r["type"] == "epoch"]
@@ -266,6 +270,18 @@ def test_resume_refuses_a_missing_run_or_changed_settings(cli, capsys, runs, tmp
     assert "lr=0.5" in capsys.readouterr().err
     assert cli.main(["--out-dir", str(d["custom"])]) == 2
     assert "already holds a run" in capsys.readouterr().err
+
+
+def test_resume_takes_the_runs_settings_and_may_change_only_free_ones(
+    cli, capsys, runs
+):
+    _, d = runs
+    argv = ["--resume", "--out-dir", str(d["custom"])]
+    args = cli.parse_args([*argv, "--epochs", "5", "--log-every", "3"])
+    assert (args.epochs, args.log_every, args.width, args.seed) == (5, 3, 1, 3)
+    with pytest.raises(SystemExit):
+        cli.parse_args([*argv, "--width", "2", "--augment", "none"])
+    assert "augment='none' (run: 'shift'), width=2 (run: 1)" in capsys.readouterr().err
 
 
 # ----------------------------------------------------------------------------

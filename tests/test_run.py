@@ -409,3 +409,14 @@ def test_fit_checks_its_arguments():
         funcnn.fit(TRAIN_STEP, None, epoch_batches(0), epochs=1)
     with pytest.raises(ValueError, match="expected an out_dir to resume from"):
         funcnn.fit(TRAIN_STEP, None, epoch_batches, epochs=1, resume_step=3)
+
+
+def test_several_processes_need_an_out_dir(monkeypatch):
+    import argparse
+
+    from funcnn.training.run import cli as runcli
+
+    monkeypatch.setattr(jax, "process_count", lambda: 2)
+    args = argparse.Namespace(out_dir=None, resume=False, keep=3)
+    with pytest.raises(runlib.RunDirError, match="several processes need --out-dir"):
+        runcli.open_run_dir(args, print)
