@@ -97,7 +97,10 @@ def read_config(path: str | os.PathLike) -> dict[str, Any]:
     """
     path = Path(path) / CONFIG
     if not path.is_file():
-        raise RunDirError(f"no run to continue: {path} does not exist")
+        raise RunDirError(
+            f"no run to continue: {path} does not exist; start the run first "
+            "(without --resume)"
+        )
     try:
         config = json.loads(path.read_text())
     except (OSError, UnicodeDecodeError, ValueError) as err:

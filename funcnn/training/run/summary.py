@@ -8,6 +8,7 @@ from typing import Any
 
 TIMING = ("seconds", "images_per_sec")  # fields of a record that vary run to run
 _NOT_METRICS = ("type", "step", "epoch", *TIMING)
+_BOOKKEEPING = ("grad_norm", "lr", "nonfinite")  # metrics the table leaves out
 
 
 def split_record(record: dict[str, Any]) -> tuple[dict, dict]:
@@ -77,9 +78,11 @@ class FitSummary:
             ("run dir", str(self.out_dir)),
             ("steps", f"{self.steps} ({self.epochs} epochs complete)"),
             ("stopped", self.stopped),
-            ("train loss", number(self.train, "loss", lambda v: f"{v:.4f}")),
-            ("train accuracy", number(self.train, "accuracy", _percent)),
         ]
+        for name in sorted(self.train, key=lambda k: k != "loss"):  # loss first
+            if name not in _BOOKKEEPING:
+                fmt = _percent if name == "accuracy" else (lambda v: f"{v:.4f}")
+                rows.append((f"train {name}", number(self.train, name, fmt)))
         if self.train.get("nonfinite"):
             rows.append(("skipped steps", f"{self.train['nonfinite']} (last epoch)"))
         if self.test:
