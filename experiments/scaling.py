@@ -63,7 +63,7 @@ def _worker(args: argparse.Namespace) -> dict:
     import numpy as np
 
     import funcnn.distributed as dp
-    from funcnn.nn.models import MODELS
+    from funcnn import models
     from funcnn.training.optim import make_optimizer
     from funcnn.training.step import create_train_state, make_train_step
 
@@ -71,7 +71,7 @@ def _worker(args: argparse.Namespace) -> dict:
     if jax.device_count() < n:
         raise SystemExit(f"scaling: expected {n} devices, got {jax.devices()}.")
     chw = (1, 28, 28) if args.model == "lenet" else (3, 32, 32)
-    model = MODELS[args.model](10)
+    model = {"lenet": models.lenet, "vgg": models.vgg_small}[args.model](10)
     optimizer = make_optimizer("momentum", 0.01)
     state = create_train_state(model, (-1, *chw), optimizer, seed=0)
     step = make_train_step(model, optimizer, grad=args.grad, jit=False)

@@ -1,173 +1,96 @@
-"""Train a CNN with funcnn and write a run directory.
+"""Train a CNN with funcnn: the main job, a command line over `funcnn.fit`.
 
-    python experiments/train.py                      # LeNet-style on 8x8 digits
-    python experiments/train.py --grad autodiff      # same, jax autodiff backward
-    python experiments/train.py --out-dir runs/x --resume
+    python experiments/train.py                         # LeNet-style on 8x8 digits
+    python experiments/train.py --grad autodiff         # same, jax autodiff backward
+    python experiments/train.py --out-dir runs/a        # a named run directory,
+    python experiments/train.py --out-dir runs/a --resume   # continued
 
-The run directory holds config.json, metrics.jsonl (one line per logged step and
-per epoch), checkpoints (ckpt_*.safetensors, the whole TrainState) and PNG plots.
+The run directory holds config.json, metrics.jsonl, checkpoints/ and PNG plots
+(see `funcnn.training.run`). Everything random depends only on (seed, epoch,
+step): the batch order, the augmentation and the Dropout keys, so `--resume`
+reproduces an uninterrupted run bit for bit on CPU.
 
-Everything random depends only on (seed, epoch, step): the batch order comes from
-funcnn.data.batches(seed, epoch), the augmentation from (seed, epoch, batch) and
-the Dropout keys from the key in the TrainState. So `--resume` from any
-checkpoint reproduces an uninterrupted run bit for bit on CPU.
-
-SIGINT (Ctrl-C) or SIGTERM finishes the current step, saves a checkpoint and
-exits with 130 (SIGINT) or 143 (SIGTERM); a second signal stops at once. Bad
-arguments or a missing data directory exit with 2 and a one-line message.
-
-With several processes, a signal to any one of them stops all of them at the same
-step: JAX's preemption service (started by jax.distributed) takes SIGTERM and
-tells every process, which all stop at the next common sync point; SIGINT is
-passed on as SIGTERM to join it. Every process then saves and exits with 143
-(130 in a process that got the SIGINT itself).
+Exit codes: 0 done; 2 bad input (a one-line message); 3 every step of an epoch
+was skipped as non-finite; 130 or 143 when SIGINT or SIGTERM stopped the run
+after the current step and a checkpoint (a second signal stops at once). With
+several processes a signal to any one stops them all at the same step.
 """
 
 from __future__ import annotations
 
-import argparse
-import json
-import os
-import signal
 import sys
-import time
+from argparse import ArgumentParser
 from pathlib import Path
 
 import jax
 import numpy as np
-from tqdm import tqdm
 
-from funcnn import Layer, distributed, models, serial
+from funcnn import data, distributed, models, serial
 from funcnn.distributed import cli as cluster
-from funcnn.data import batches, fit_normalizer, load_dataset, num_batches
-from funcnn.training.checkpoint import CheckpointManager
-from funcnn.training.optim import make_optimizer
-from funcnn.training.step import (
-    create_train_state,
-    evaluate,
-    make_eval_step,
-    make_train_step,
-)
+from funcnn.training import create_train_state as init_state
+from funcnn.training import make_eval_step, make_optimizer, make_train_step, optim
+from funcnn.training.run import RunError, SignalStop, data_fingerprint, fit, run_plots
+from funcnn.training.run import cli as runcli
+from funcnn.training.run.cli import number
 
-LOCKED = (  # settings a resumed run must share with its checkpoint
-    "dataset",
-    "data_dir",
-    "split_seed",
-    "model",
-    "width",
-    "grad",
-    "optimizer",
-    "lr",
-    "schedule",
-    "warmup_epochs",
-    "weight_decay",
-    "batch_size",
-    "seed",
-    "augment",
-    "label_smoothing",
-)
+
+def lenet(num_classes: int, input_hw: tuple[int, int], width: int):
+    """`models.lenet_layers` with a 3x3 second conv on inputs under 16x16 (the 8x8
+    digits), where XLA:CPU runs a 5x5 window over the 4x4 map about 75x slower."""
+    kernel = 3 if min(input_hw) < 16 else 5
+    return models.lenet_layers(
+        num_classes, input_hw=input_hw, width=width, second_kernel=kernel
+    )
+
+
+MODELS = {  # --model -> (num_classes, input_hw, width) -> list of layers
+    "lenet": lenet,
+    "vgg": lambda num_classes, input_hw, width: models.vgg_small_layers(num_classes),
+}
+GRADS = ("custom", "autodiff", "feedback_alignment", "sign_symmetry")
+FREE = ("epochs", "no_plots", *cluster.ARGUMENT_NAMES)  # a resume may change them
 SHIFT_PIXELS = 0.5  # the largest translation of --augment shift
+SHIFT_HELP = f"shift: random sub-pixel shifts (up to {SHIFT_PIXELS} px) per image"
+COUNT, NATURAL = number(int, at_least=1), number(int, at_least=0)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(
+def build_parser():
+    p = ArgumentParser(
         prog="train.py",
         description="Train a funcnn CNN and write a run directory.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=runcli.HelpFormatter,
     )
-    p.add_argument(
-        "--dataset",
-        choices=("digits", "mnist", "fashion_mnist", "cifar10", "npz"),
-        default="digits",
-        help="digits ships with scikit-learn; the others read --data-dir",
+    add = p.add_argument
+    add("--dataset", choices=data.DATASET_NAMES, default="digits", help="data set")
+    add("--data-dir", help="the files of --dataset (the .npz file for npz)")
+    add("--split-seed", type=NATURAL, default=0, help="train/test split seed")
+    add("--model", choices=tuple(MODELS), default="lenet", help="the network")
+    add("--width", type=COUNT, default=6, help="LeNet filter multiplier")
+    add("--grad", choices=GRADS, default="custom", help="conv/pool/dense backward rule")
+    add("--optimizer", choices=optim.OPTIMIZERS, default="adam", help="optimizer")
+    add("--lr", type=number(float, above=0), default=3e-3, help="peak learning rate")
+    add("--schedule", choices=optim.SCHEDULES, default="cosine", help="lr schedule")
+    add("--warmup-epochs", type=number(at_least=0), default=0.0, help="lr warm-up")
+    add("--weight-decay", type=number(at_least=0), default=1e-4, help="weight decay")
+    add("--batch-size", type=COUNT, default=32, help="examples per step")
+    add("--epochs", type=COUNT, default=40, help="epochs to train")
+    add("--seed", type=NATURAL, default=0, help="init, order, dropout seed")
+    add("--augment", choices=("none", "shift"), default="shift", help=SHIFT_HELP)
+    add(
+        "--label-smoothing",
+        type=number(at_least=0, below=1),
+        default=0.1,
+        help="label smoothing eps",
     )
-    p.add_argument("--data-dir", help="directory of the files (the .npz for npz)")
-    p.add_argument("--split-seed", type=int, default=0, help="train/test split seed")
-    p.add_argument("--model", choices=("lenet", "vgg"), default="lenet")
-    p.add_argument("--width", type=int, default=6, help="LeNet filter multiplier")
-    p.add_argument(
-        "--grad",
-        choices=("custom", "autodiff", "feedback_alignment", "sign_symmetry"),
-        default="custom",
-    )
-    p.add_argument(
-        "--optimizer",
-        choices=("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw"),
-        default="adam",
-    )
-    p.add_argument("--lr", type=float, default=3e-3, help="peak learning rate")
-    p.add_argument(
-        "--schedule", choices=("constant", "cosine", "step"), default="cosine"
-    )
-    p.add_argument("--warmup-epochs", type=float, default=0.0)
-    p.add_argument("--weight-decay", type=float, default=1e-4)
-    p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--epochs", type=int, default=40)
-    p.add_argument("--seed", type=int, default=0, help="init, order, dropout seed")
-    p.add_argument(
-        "--augment",
-        choices=("none", "shift"),
-        default="shift",
-        help=f"shift: random sub-pixel translations (up to {SHIFT_PIXELS} px) of "
-        "the training images, drawn from (seed, epoch, batch)",
-    )
-    p.add_argument("--label-smoothing", type=float, default=0.1)
-    p.add_argument("--out-dir", help="run directory (default runs/<timestamp>)")
-    p.add_argument(
-        "--resume", action="store_true", help="continue from --out-dir's checkpoint"
-    )
-    p.add_argument("--log-every", type=int, default=10, help="steps per log line")
-    p.add_argument("--max-steps", type=int, help="stop after this many steps")
-    p.add_argument("--eval-batch-size", type=int, default=500)
-    p.add_argument("--keep", type=int, default=3, help="checkpoints to keep")
-    p.add_argument("--no-plots", action="store_true")
-    p.add_argument("--no-progress", action="store_true")
+    add("--no-plots", action="store_true", help="write no PNG plots")
+    runcli.add_run_arguments(p)
     cluster.add_cli_arguments(p)
     return p
 
 
-def parse_args(argv=None) -> argparse.Namespace:
+def parse_args(argv=None):
     parser = build_parser()
-    args = parser.parse_args(argv)
-    if args.resume:
-        if not args.out_dir:
-            parser.error("--resume needs --out-dir, the run directory to continue")
-        stored = read_config(Path(args.out_dir), parser)
-        # The run's own settings (all but --max-steps) become the defaults; flags
-        # given explicitly still win, and the LOCKED ones must not change.
-        names = set(vars(parser.parse_args([]))) - {"max_steps", "resume", "out_dir"}
-        parser.set_defaults(**{k: v for k, v in stored.items() if k in names})
-        args = parser.parse_args(argv)
-        changed = [k for k in LOCKED if k in stored and getattr(args, k) != stored[k]]
-        if changed:
-            parser.error(
-                "--resume keeps the run's settings, but these differ from "
-                f"{args.out_dir}/config.json: "
-                + ", ".join(
-                    f"{k}={getattr(args, k)!r} (run: {stored[k]!r})" for k in changed
-                )
-            )
-    for name, low in [
-        ("batch_size", 1),
-        ("epochs", 1),
-        ("log_every", 1),
-        ("eval_batch_size", 1),
-        ("keep", 1),
-        ("width", 1),
-        ("seed", 0),
-        ("split_seed", 0),
-    ]:
-        if getattr(args, name) < low:
-            flag = "--" + name.replace("_", "-")
-            parser.error(f"{flag} must be >= {low}, got {getattr(args, name)}")
-    if args.max_steps is not None and args.max_steps < 1:
-        parser.error(f"--max-steps must be >= 1, got {args.max_steps}")
-    if not args.lr > 0:
-        parser.error(f"--lr must be > 0, got {args.lr}")
-    if not args.weight_decay >= 0 or not args.warmup_epochs >= 0:
-        parser.error("--weight-decay and --warmup-epochs must be >= 0")
-    if not 0 <= args.label_smoothing < 1:
-        parser.error(f"--label-smoothing must be in [0, 1), got {args.label_smoothing}")
+    args = runcli.parse_run_args(parser, argv, free=FREE)
     if args.dataset != "digits" and not args.data_dir:
         parser.error(f"--dataset {args.dataset} needs --data-dir")
     if args.data_dir and not Path(args.data_dir).exists():
@@ -175,55 +98,10 @@ def parse_args(argv=None) -> argparse.Namespace:
     return args
 
 
-def read_config(out_dir: Path, parser) -> dict:
-    path = out_dir / "config.json"
-    if not path.is_file():
-        parser.error(f"--resume: no run to continue, {path} does not exist")
-    return json.loads(path.read_text())
-
-
-# ----------------------------------------------------------------------------
-# Models as layer lists, so plots can replay them layer by layer.
-
-
-def lenet_layers(
-    num_classes: int, input_hw: tuple[int, int], width: int
-) -> list[Layer]:
-    """`funcnn.models.lenet_layers`, with a 3x3 second conv on inputs under 16x16
-    (the 8x8 digits), where XLA:CPU runs a 5x5 window over the 4x4 map about 75x
-    slower (see that function)."""
-    small = min(input_hw) < 16
-    return models.lenet_layers(
-        num_classes, input_hw=input_hw, width=width, second_kernel=3 if small else 5
-    )
-
-
-def vgg_layers(num_classes: int, input_hw: tuple[int, int], width: int) -> list[Layer]:
-    """`funcnn.models.vgg_small_layers(num_classes)` (input_hw and width unused)."""
-    del input_hw, width
-    return models.vgg_small_layers(num_classes)
-
-
-MODEL_LAYERS = {"lenet": lenet_layers, "vgg": vgg_layers}
-
-
-# ----------------------------------------------------------------------------
-# Augmentation: a pure function of (seed, epoch, batch index).
-
-
 def shift_images(x: np.ndarray, rng: np.random.Generator, amplitude: float, fill):
-    """Translates each image by a random sub-pixel offset, bilinearly.
-
-    Args:
-        x: images of shape `(N, C, H, W)`.
-        rng: draws the offsets `(dy, dx)`, uniform in `[-amplitude, amplitude]`.
-        amplitude: the largest shift in pixels, at most 1.
-        fill: the value of shape `(C,)` shifted in at the borders (the
-            normalised value of a black pixel).
-
-    Returns:
-        Shifted images of shape `(N, C, H, W)`.
-    """
+    """Translates each image of `x` `(N, C, H, W)` by a random offset `(dy, dx)`,
+    uniform in `[-amplitude, amplitude]` (at most 1 pixel), bilinearly; `fill`
+    `(C,)` is shifted in at the borders (the normalised value of black)."""
     n, _, h, w = x.shape
     d = rng.uniform(-amplitude, amplitude, size=(n, 2)).astype(np.float32)
     base = np.floor(d).astype(np.int64)  # -1 or 0
@@ -237,411 +115,113 @@ def shift_images(x: np.ndarray, rng: np.random.Generator, amplitude: float, fill
     idx = np.arange(n)[:, None, None]
 
     def at(dr, dc):  # (N, H, W, C) -> (N, C, H, W)
-        return padded[idx, :, rows[:, :, None] + dr, cols[:, None, :] + dc].transpose(
-            0, 3, 1, 2
-        )
+        taps = padded[idx, :, rows[:, :, None] + dr, cols[:, None, :] + dc]
+        return taps.transpose(0, 3, 1, 2)
 
-    fy = frac[:, 0, None, None, None]
-    fx = frac[:, 1, None, None, None]
+    fy, fx = frac[:, 0, None, None, None], frac[:, 1, None, None, None]
     top = (1 - fx) * at(0, 0) + fx * at(0, 1)
     bottom = (1 - fx) * at(1, 0) + fx * at(1, 1)
     return ((1 - fy) * top + fy * bottom).astype(x.dtype)
 
 
-# ----------------------------------------------------------------------------
-# The run.
-
-
-def fail(message: str) -> int:
-    print(f"train.py: error: {message}", file=sys.stderr)
-    return 2
-
-
-def mean_of(records: list[dict], field: str) -> float:
-    return float(np.mean(np.asarray([r[field] for r in records], np.float64)))
-
-
-def to_host(metrics: list) -> list[dict]:
-    """Device metric dicts -> dicts of Python floats (one transfer for all)."""
-    return [{k: float(v) for k, v in m.items()} for m in jax.device_get(metrics)]
-
-
-class RunLog:
-    """metrics.jsonl: one JSON line per logged step and per epoch.
-
-    Per-step metrics stay on the device until a log point; `pending` holds those
-    since the last step line and `epoch_steps` the host values of the current
-    epoch, so that both can go into a checkpoint and a resumed run logs the
-    same lines as an uninterrupted one.
-    """
-
-    def __init__(self, path: Path, pending: list, epoch_steps: list, seconds: float):
-        self.path = path
-        self.pending = list(pending)
-        self.epoch_steps = list(epoch_steps)
-        self.seconds0 = seconds
-        self.t0 = self.t_mark = time.perf_counter()
-        self.images = 0
-        self.last: dict = {}
-
-    def seconds(self) -> float:
-        return self.seconds0 + time.perf_counter() - self.t0
-
-    def images_per_sec(self) -> float:
-        return self.images / max(time.perf_counter() - self.t0, 1e-9)
-
-    def write(self, record: dict) -> None:
-        with self.path.open("a") as f:
-            f.write(json.dumps(record) + "\n")
-        self.last = record
-
-    def flush_steps(self, step: int, epoch: int, batch_size: int) -> dict | None:
-        if not self.pending:
-            return None
-        values = to_host(self.pending)
-        self.epoch_steps += values
-        self.pending = []
-        now = time.perf_counter()
-        record = {
-            "type": "step",
-            "step": step,
-            "epoch": epoch,
-            "loss": mean_of(values, "loss"),
-            "accuracy": mean_of(values, "accuracy"),
-            "grad_norm": mean_of(values, "grad_norm"),
-            "nonfinite": int(sum(v["nonfinite"] for v in values)),
-            "lr": values[-1].get("lr"),
-            "seconds": round(self.seconds(), 3),
-            "images_per_sec": round(len(values) * batch_size / (now - self.t_mark), 1),
-        }
-        self.t_mark = now
-        self.write(record)
-        return record
-
-    def snapshot(self) -> dict:
-        return {
-            "pending": to_host(self.pending),
-            "epoch_steps": self.epoch_steps,
-            "seconds": self.seconds(),
-        }
-
-
-def truncate_metrics(path: Path, step: int) -> None:
-    """Drops lines logged after `step` by a run that died after its checkpoint,
-    and a torn last line."""
-    if not path.exists():
-        return
-    kept = []
-    for line in path.read_text().splitlines():
-        try:
-            if json.loads(line)["step"] <= step:
-                kept.append(line)
-        except (ValueError, KeyError, TypeError):
-            continue
-    path.write_text("".join(line + "\n" for line in kept))
-
-
-def install_signal_handlers(stop: dict) -> dict:
-    def on_signal(signum, frame):
-        del frame
-        stop["signal"] = signum
-        # A second signal acts at once: Ctrl-C raises, SIGTERM terminates.
-        restore = (
-            signal.default_int_handler if signum == signal.SIGINT else signal.SIG_DFL
-        )
-        signal.signal(signum, restore)
-
-    return {s: signal.signal(s, on_signal) for s in (signal.SIGINT, signal.SIGTERM)}
-
-
-def stop_point(stop: dict):
-    """`at(step) -> bool`: whether training stops after `step`.
-
-    One process: when a signal arrived. Several: when JAX's preemption sync point
-    says so, which is True at the same step in every process once any of them got
-    SIGTERM; a local signal alone must not stop one process, or the others would
-    wait for it in the next all-reduce.
-    """
-    if jax.process_count() == 1:
-        return lambda step: stop["signal"] is not None
-    from jax.experimental import multihost_utils
-
-    def at(step: int) -> bool:
-        try:
-            agreed = multihost_utils.reached_preemption_sync_point(step)
-        except RuntimeError:  # preemption service off: agree by an all-gather
-            agreed = distributed.any_process(stop["signal"] is not None)
-        else:
-            if stop["signal"] is not None and not stop.get("forwarded"):
-                # A signal our handler took (SIGINT, or any before jax.distributed
-                # started): raise SIGTERM, which the preemption service owns and
-                # announces to every process.
-                stop["forwarded"] = True
-                os.kill(os.getpid(), signal.SIGTERM)
-        if agreed:
-            stop["signal"] = stop["signal"] or signal.SIGTERM
-            stop["agreed"] = True
-        return bool(stop.get("agreed"))
-
-    return at
-
-
 def main(argv=None) -> int:
-    """Runs the CLI; returns the exit code (0, 2 for bad input, 130/143 on signals)."""
+    """Runs the CLI; returns the exit code (see the module docstring)."""
     args = parse_args(argv)
-    # Installed first, so a signal during data loading or compilation also ends
-    # in a checkpoint instead of a traceback.
-    stop = {"signal": None}
-    old_handlers = install_signal_handlers(stop)
-    try:
-        return run(args, stop)
-    finally:
-        for signum, handler in old_handlers.items():
-            signal.signal(signum, handler)
-
-
-def run(args: argparse.Namespace, stop: dict) -> int:
-    """Trains as `args` say until done, `--max-steps` or a signal in `stop`."""
-    out_dir = Path(args.out_dir or Path("runs") / time.strftime("%Y%m%d-%H%M%S"))
-    if not args.resume and (out_dir / "config.json").exists():
-        return fail(
-            f"{out_dir} already holds a run; pass --resume to continue it or choose "
-            "another --out-dir"
+    note = runcli.printer("train.py")
+    # Installed first, so a signal while loading or compiling also ends in a
+    # checkpoint, and before jax.distributed, whose SIGTERM handler wins.
+    with SignalStop() as stop:
+        try:
+            mesh = cluster.setup_from_args(args)  # before any other JAX call
+            run = runcli.open_run_dir(args, note)  # checked before the data
+        except (RunError, ValueError, RuntimeError, OSError) as err:
+            return fail(err)
+        with run:
+            try:
+                options = setup(args, mesh, run)
+            except (RunError, ValueError, TypeError, OSError) as err:
+                return fail(err)
+            try:
+                _, summary = fit(**options, stop=stop, note=note)
+            except RunError as err:
+                return fail(err)
+    if summary.exit_code:
+        every = " (in every process)" if jax.process_count() > 1 else ""
+        note(
+            f"resume with: python experiments/train.py --out-dir {run.root} "
+            f"--resume{every}"
         )
-    try:
-        # Before any other JAX call: joins the other processes, if any.
-        mesh = cluster.setup_from_args(args)
-        if mesh is not None:
-            distributed.check_batch(args.batch_size, mesh, func="--batch-size")
-            distributed.check_batch(
-                args.eval_batch_size, mesh, func="--eval-batch-size"
-            )
-    except (ValueError, RuntimeError, TimeoutError) as err:
-        return fail(str(err))
-    run_dir = out_dir  # what --resume takes, in every process
-    if jax.process_index() > 0:
-        # Every process computes the same replicated state; process 0 owns the run
-        # directory, the others keep their own copy beside it.
-        out_dir = out_dir / f"process{jax.process_index()}"
-        args.no_progress = True
-    try:
-        ds = load_dataset(args.dataset, args.data_dir, seed=args.split_seed)
-    except (OSError, ValueError, TypeError) as err:
-        return fail(str(err))
-    norm = fit_normalizer(ds.x_train)
-    x_train = np.asarray(norm.apply(ds.x_train), np.float32)
-    x_test = np.asarray(norm.apply(ds.x_test), np.float32)
-    y_train, y_test = ds.y_train, ds.y_test
-    black = norm.apply(np.zeros((1, x_train.shape[1], 1, 1), np.float32)).reshape(-1)
-    bs = args.batch_size
-    if len(x_train) < bs:
-        return fail(f"--batch-size {bs} exceeds the {len(x_train)} training images")
-    spe = num_batches(len(x_train), bs)
-    total_steps = args.epochs * spe
-    layers = MODEL_LAYERS[args.model](ds.num_classes, x_train.shape[2:], args.width)
-    model = serial(*layers)
-    try:
-        optimizer = make_optimizer(
-            args.optimizer,
-            args.lr,
-            weight_decay=args.weight_decay,
-            schedule=args.schedule,
-            total_steps=total_steps,
-            warmup_steps=int(round(args.warmup_epochs * spe)),
-        )
-        state = create_train_state(
-            model, (-1,) + x_train.shape[1:], optimizer, seed=args.seed
-        )
-    except ValueError as err:
-        return fail(str(err))
-
-    config = {
-        **{k: v for k, v in vars(args).items() if k != "out_dir"},
-        "out_dir": str(out_dir),
-        "num_classes": ds.num_classes,
-        "input_shape": list(x_train.shape[1:]),
-        "n_train": len(x_train),
-        "n_test": len(x_test),
-        "steps_per_epoch": spe,
-        "total_steps": total_steps,
-        "normalizer": {"mean": norm.mean.tolist(), "std": norm.std.tolist()},
-        "jax_version": jax.__version__,
-    }
-    ckpts = CheckpointManager(out_dir / "checkpoints", keep=args.keep)
-    metrics_path = out_dir / "metrics.jsonl"
-    progress = {"pending": [], "epoch_steps": [], "seconds": 0.0}
-    if args.resume:
-        if ckpts.latest_step() is None:
-            return fail(f"--resume: no checkpoint in {ckpts.directory}")
-        ckpts.remove_temp_files()
-        state, meta = ckpts.restore(like=state)
-        progress = meta["progress"]
-        planned = meta["config"]["total_steps"]
-        if planned != total_steps and args.schedule != "constant":
-            print(
-                f"train.py: note: --epochs changes the run from {planned} to "
-                f"{total_steps} steps, and with it the {args.schedule} schedule.",
-                file=sys.stderr,
-            )
-        truncate_metrics(metrics_path, int(meta["step"]))
-    else:
-        metrics_path.write_text("")
-    (out_dir / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-    train_step = make_train_step(
-        model,
-        optimizer,
-        grad=args.grad,
-        label_smoothing=args.label_smoothing,
-        jit=mesh is None,
-    )
-    eval_step = make_eval_step(model, grad=args.grad, jit=mesh is None)
-    if mesh is not None:
-        # Batch split over the mesh's "data" axis, state replicated; gradients and
-        # BatchNorm statistics come out over the global batch.
-        train_step = distributed.data_parallel(train_step, mesh)
-        eval_step = distributed.data_parallel(eval_step, mesh, donate=False)
-        state = distributed.replicate(state, mesh)
-    log = RunLog(metrics_path, **progress)
-    step = int(state.step)
-    last_step = min(total_steps, args.max_steps or total_steps)
-    saved_step = step if args.resume else None
-    test: dict = {}
-
-    def save(step: int) -> Path:
-        meta = {"step": step, "epoch": step // spe, "config": config}
-        meta["progress"] = log.snapshot()
-        return ckpts.save(step, state, meta)
-
-    bar = tqdm(
-        total=last_step,
-        initial=step,
-        disable=args.no_progress,
-        unit="step",
-        dynamic_ncols=True,
-        file=sys.stderr,
-    )
-    stop_after = stop_point(stop)
-    halted = stop_after(step)  # a signal during loading or compiling
-    try:
-        while step < last_step and not halted:
-            epoch, first = divmod(step, spe)
-            bar.set_description(f"epoch {epoch + 1}/{args.epochs}")
-            t_epoch, images = time.perf_counter(), 0
-            epoch_batches = batches(x_train, y_train, bs, seed=args.seed, epoch=epoch)
-            for i, (xb, yb) in enumerate(epoch_batches):
-                if i < first:
-                    continue
-                if args.augment == "shift":
-                    rng = np.random.default_rng([args.seed, epoch, i])
-                    xb = shift_images(xb, rng, SHIFT_PIXELS, black)
-                state, metrics = train_step(state, (xb, yb))
-                log.pending.append(metrics)
-                step += 1
-                images += bs
-                log.images += bs
-                bar.update(1)
-                if step % args.log_every == 0 or i == spe - 1:
-                    rec = log.flush_steps(step, epoch + 1, bs)
-                    assert rec is not None
-                    bar.set_postfix(
-                        loss=f"{rec['loss']:.4f}", img_s=f"{rec['images_per_sec']:.0f}"
-                    )
-                halted = stop_after(step)
-                if halted or step >= last_step:
-                    break
-            if step % spe == 0:
-                test = evaluate(eval_step, state, x_test, y_test, args.eval_batch_size)
-                log.write(
-                    {
-                        "type": "epoch",
-                        "step": step,
-                        "epoch": epoch + 1,
-                        "loss": mean_of(log.epoch_steps, "loss"),
-                        "accuracy": mean_of(log.epoch_steps, "accuracy"),
-                        "test_loss": test["loss"],
-                        "test_accuracy": test["accuracy"],
-                        "test_correct": test["correct"],
-                        "test_count": test["count"],
-                        "lr": log.epoch_steps[-1].get("lr"),
-                        "seconds": round(log.seconds(), 3),
-                        "images_per_sec": round(
-                            images / (time.perf_counter() - t_epoch), 1
-                        ),
-                    }
-                )
-                log.epoch_steps = []
-                save(step)
-                saved_step = step
-                log.t_mark = time.perf_counter()  # rates exclude eval and saving
-    finally:
-        bar.close()
-
-    seconds, images_per_sec = log.seconds(), log.images_per_sec()
-    if saved_step != step:
-        save(step)
-    path = ckpts.path_for(step)
-    if halted:
-        name = signal.Signals(stop["signal"]).name
-        print(
-            f"train.py: stopped by {name} at step {step} (epoch {step // spe} of "
-            f"{args.epochs} complete); saved {path}. Resume with: python "
-            f"experiments/train.py --out-dir {run_dir} --resume"
-            + (" (in every process)" if jax.process_count() > 1 else ""),
-            file=sys.stderr,
-        )
-        return 128 + stop["signal"]
-    if not test or log.last.get("type") != "epoch":
-        test = evaluate(eval_step, state, x_test, y_test, args.eval_batch_size)
-    if not args.no_plots:
-        write_plots(out_dir, layers, state, x_test[0], args.grad)
-    print_summary(out_dir, log.last, test, step, spe, seconds, images_per_sec, path)
+        return summary.exit_code
+    print(summary)
     return 0
 
 
-def write_plots(out_dir: Path, layers: list, state, image, grad: str) -> None:
-    from funcnn.inspect import plots  # matplotlib loads only when plots are wanted
+def fail(err: Exception) -> int:
+    print(f"train.py: error: {err}", file=sys.stderr)
+    return getattr(err, "exit_code", 2)
 
-    records = [
-        json.loads(line)
-        for line in (out_dir / "metrics.jsonl").read_text().splitlines()
-        if line.strip()
-    ]
-    plots.plot_curves(records, out_dir / "curves.png", title=str(out_dir))
-    first_conv = next(k for k in state.params if k.endswith("_conv"))
-    plots.plot_filters(
-        state.params[first_conv]["w"],
-        out_dir / "filters.png",
-        title=f"learned filters of {first_conv}",
+
+def setup(args, mesh, run) -> dict:
+    """The arguments of `fit`: data, model, steps and settings. Bad input raises
+    ValueError, TypeError or OSError (exit 2)."""
+    if mesh is not None:
+        distributed.check_batch(args.batch_size, mesh, func="--batch-size")
+        distributed.check_batch(args.eval_batch_size, mesh, func="--eval-batch-size")
+    ds = data.load_dataset(args.dataset, args.data_dir, seed=args.split_seed)
+    runcli.check_dataset(ds, args.batch_size)
+    norm = data.fit_normalizer(ds.x_train)
+    x_train = np.asarray(norm.apply(ds.x_train), np.float32)
+    x_test = np.asarray(norm.apply(ds.x_test), np.float32)
+    black = norm.apply(np.zeros((1, x_train.shape[1], 1, 1), np.float32)).reshape(-1)
+    spe = data.num_batches(len(x_train), args.batch_size)
+    total = args.epochs * spe
+    layers = MODELS[args.model](ds.num_classes, x_train.shape[2:], args.width)
+    model = serial(*layers)
+    optimizer = make_optimizer(
+        args.optimizer,
+        args.lr,
+        weight_decay=args.weight_decay,
+        schedule=args.schedule,
+        total_steps=total,
+        warmup_steps=int(round(args.warmup_epochs * spe)),
     )
-    plots.plot_feature_maps(
-        layers,
-        state.params,
-        state.model_state,
-        image,
-        out_dir / "feature_maps.png",
-        grad=grad,
+    state = init_state(model, (-1, *x_train.shape[1:]), optimizer, seed=args.seed)
+    one = mesh is None  # one device: plain jit; else split over the mesh
+    train_step = make_train_step(
+        model, optimizer, grad=args.grad, label_smoothing=args.label_smoothing, jit=one
     )
+    eval_step = make_eval_step(model, grad=args.grad, jit=one)
+    if mesh is not None:
+        train_step = distributed.data_parallel(train_step, mesh)
+        eval_step = distributed.data_parallel(eval_step, mesh, donate=False)
 
+    def epoch_batches(epoch: int):
+        order = data.batches(
+            x_train, ds.y_train, args.batch_size, seed=args.seed, epoch=epoch
+        )
+        for i, (xb, yb) in enumerate(order):
+            if args.augment == "shift":
+                rng = np.random.default_rng([args.seed, epoch, i])
+                xb = shift_images(xb, rng, SHIFT_PIXELS, black)
+            yield xb, yb
 
-def print_summary(out_dir, last, test, step, spe, seconds, images_per_sec, ckpt):
-    """Prints the final figures as a two-column table."""
-    rows = [
-        ("run dir", str(out_dir)),
-        ("steps", f"{step} ({step / spe:g} epochs)"),
-        ("train loss", f"{last.get('loss', float('nan')):.4f}"),
-        ("train accuracy", f"{100 * last.get('accuracy', float('nan')):.2f}%"),
-        ("test loss", f"{test['loss']:.4f}"),
-        (
-            "test accuracy",
-            f"{100 * test['accuracy']:.2f}% ({test['correct']}/{test['count']})",
-        ),
-        ("train time", f"{seconds:.1f} s (wall, incl. compile and eval)"),
-        ("images/s", f"{images_per_sec:.0f}"),
-        ("checkpoint", str(ckpt)),
-    ]
-    width = max(len(k) for k, _ in rows)
-    print("\n".join(f"{k:<{width}}  {v}" for k, v in rows))
+    config = dict(vars(args))
+    norm_stats = {"mean": norm.mean.tolist(), "std": norm.std.tolist()}
+    config.update(num_classes=ds.num_classes, normalizer=norm_stats)
+    return dict(
+        train_step=train_step,
+        state=state,
+        train_batches=epoch_batches,
+        epochs=args.epochs,
+        steps_per_epoch=spe,
+        eval_step=eval_step,
+        eval_data=(x_test, ds.y_test),
+        out_dir=run,
+        config=config,
+        data_fingerprint=data_fingerprint(ds.x_train, ds.y_train),
+        plot=None if args.no_plots else run_plots(layers, x_test[0], grad=args.grad),
+        **runcli.fit_options(args),
+    )
 
 
 if __name__ == "__main__":

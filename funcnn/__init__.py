@@ -3,7 +3,7 @@ rules for convolution, pooling and dense layers.
 
 The package is layered: `funcnn.ops` (the ops and their backward rules) ->
 `funcnn.rules` (which rule each layer uses) -> `funcnn.nn` (layers, combinators,
-models) -> `funcnn.training` (steps, optimizers, losses, checkpoints) ->
+models) -> `funcnn.training` (steps, optimizers, losses, checkpoints, `fit`) ->
 `funcnn.inspect` (gradient checks, the backward trace, plots). `funcnn.data` loads
 data sets and `funcnn.distributed` scales out on JAX's own runtime. The names below
 are the public API; the checkpoint and scale-out ones load safetensors and
@@ -64,6 +64,9 @@ from funcnn.training.losses import softmax_cross_entropy as softmax_cross_entrop
 from funcnn.training.optim import learning_rate as learning_rate
 from funcnn.training.optim import make_optimizer as make_optimizer
 from funcnn.training.optim import make_schedule as make_schedule
+from funcnn.training.run import FitSummary as FitSummary
+from funcnn.training.run import SignalStop as SignalStop
+from funcnn.training.run import fit as fit
 from funcnn.training.step import TrainState as TrainState
 from funcnn.training.step import create_train_state as create_train_state
 from funcnn.training.step import evaluate as evaluate

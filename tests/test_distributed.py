@@ -483,6 +483,7 @@ def test_one_device_placement():
 def test_cli_arguments():
     parser = cluster.add_cli_arguments(argparse.ArgumentParser())
     args = parser.parse_args([])
+    assert tuple(vars(args)) == cluster.ARGUMENT_NAMES
     assert args.devices is None and args.coordinator_address is None
     assert cluster.setup_from_args(args) is None  # one device, one process
     args = parser.parse_args(
@@ -499,7 +500,10 @@ def test_cli_arguments():
 
 def _train_cli(out_dir, *flags, devices=1):
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
-    env["XLA_FLAGS"] = f"--xla_force_host_platform_device_count={devices}"
+    env["XLA_FLAGS"] = (
+        f"--xla_force_host_platform_device_count={devices} "
+        "--xla_backend_optimization_level=0"  # as in _env: compiling dominates
+    )
     cmd = [sys.executable, os.path.join(ROOT, "experiments", "train.py")]
     cmd += ["--out-dir", str(out_dir), "--no-plots", "--no-progress", *flags]
     return subprocess.run(cmd, env=env, capture_output=True, text=True, timeout=300)
@@ -550,7 +554,7 @@ def test_train_cli_signal_to_one_process_stops_all(
     swallowed by jax.distributed's handler) or waited in the all-reduce forever."""
     env = dict(os.environ, JAX_PLATFORMS="cpu", PYTHONUNBUFFERED="1")
     env["JAX_ENABLE_PREEMPTION_SERVICE"] = service
-    env["XLA_FLAGS"] = "--xla_force_host_platform_device_count=1"
+    env["XLA_FLAGS"] = _env()["XLA_FLAGS"]
     run_dir, port = tmp_path / "run", _free_port()
     procs = []
     for pid in (0, 1):

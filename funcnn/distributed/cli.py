@@ -8,6 +8,7 @@ multi-process runtime when asked (`funcnn.distributed.launch`) and returns the m
 from __future__ import annotations
 
 import argparse
+import math
 import os
 from typing import Any
 
@@ -97,6 +98,29 @@ def _devices_arg(value: str) -> str | int:
         raise argparse.ArgumentTypeError(str(err)) from None
 
 
+# The argparse dest names of the flags `add_cli_arguments` adds.
+ARGUMENT_NAMES = (
+    "devices",
+    "coordinator_address",
+    "num_processes",
+    "process_id",
+    "distributed",
+    "coordinator_timeout",
+)
+
+
+def _seconds_arg(value: str) -> float:
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = math.nan
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise argparse.ArgumentTypeError(
+            f"expected a finite number of seconds > 0, got {value!r}"
+        )
+    return seconds
+
+
 def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParser:
     """Adds the data-parallel flags to `parser` (returned for chaining).
 
@@ -141,7 +165,7 @@ def add_cli_arguments(parser: argparse.ArgumentParser) -> argparse.ArgumentParse
     )
     group.add_argument(
         "--coordinator-timeout",
-        type=float,
+        type=_seconds_arg,
         default=DEFAULT_TIMEOUT_S,
         metavar="SECONDS",
         help="seconds to wait for the coordinator and the other processes "

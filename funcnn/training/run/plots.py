@@ -1,0 +1,57 @@
+"""A plot hook for `fit`: curves.png, filters.png and feature_maps.png."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from funcnn.nn.core import Layer
+from funcnn.training.run.metrics import read_metrics
+
+
+def run_plots(
+    layers: Sequence[Layer], image, *, grad: Any = "custom"
+) -> Callable[[Path | None, Any], None]:
+    """A `plot=` hook for `fit` that draws a run's figures into its directory.
+
+    curves.png: loss and accuracy from metrics.jsonl; filters.png: the filters
+    of the first conv; feature_maps.png: what each conv and pool layer makes of
+    `image`.
+
+    Args:
+        layers: the model as the list of layers given to `funcnn.serial`.
+        image: one input image of shape `(C, H, W)`.
+        grad: the model's `grad=` value.
+
+    Returns:
+        `hook(run_dir, state)` for a `TrainState`; it does nothing without a
+        run directory.
+    """
+
+    def hook(run_dir: Path | None, state) -> None:
+        if run_dir is None:
+            return
+        from funcnn.inspect import plots  # matplotlib loads only when wanted
+
+        records = [
+            {k: math.nan if v is None else v for k, v in r.items()}
+            for r in read_metrics(run_dir)
+        ]
+        plots.plot_curves(records, run_dir / "curves.png", title=str(run_dir))
+        conv = next((k for k in state.params if k.endswith("_conv")), None)
+        if conv is not None:
+            title = f"learned filters of {conv}"
+            w = state.params[conv]["w"]
+            plots.plot_filters(w, run_dir / "filters.png", title=title)
+        plots.plot_feature_maps(
+            list(layers),
+            state.params,
+            state.model_state,
+            image,
+            run_dir / "feature_maps.png",
+            grad=grad,
+        )
+
+    return hook
