@@ -25,6 +25,7 @@ import optax
 
 from funcnn import rules
 from funcnn.nn.core import Layer
+from funcnn.training import precision
 from funcnn.training.losses import accuracy, mse, softmax_cross_entropy
 from funcnn.training.optim import learning_rate
 
@@ -131,6 +132,7 @@ def make_train_step(
     loss: str | Callable = "cross_entropy",
     grad: str = "custom",
     label_smoothing: float = 0.0,
+    compute_dtype: Any = None,
     jit: bool = True,
     donate: bool = True,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
@@ -145,6 +147,11 @@ def make_train_step(
         grad: `"custom"` or `"autodiff"` backward rules for convs and pools.
         label_smoothing: eps in [0, 1) for "cross_entropy": the targets become
             `(1 - eps) * one_hot + eps / K`, and the logged loss is that loss.
+        compute_dtype: None for float32 throughout, or e.g. `jnp.bfloat16` for
+            mixed precision (`funcnn.training.precision`): the images and the
+            float params are cast to it at the start of the step, the forward and
+            backward run in it, and params, optimizer state, BatchNorm statistics,
+            the loss and the gradients stay float32.
         jit: if False, return the pure, un-jitted function (to be wrapped by the
             caller, e.g. `jax.jit` with shardings).
         donate: with `jit`, donate the input state's buffers; the caller must
@@ -160,6 +167,7 @@ def make_train_step(
     func = "make_train_step"
     rules.validate(func, grad)
     loss_of = _loss_fn(loss, label_smoothing)
+    dtype = precision.check_compute_dtype(func, compute_dtype)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         x, y = batch
@@ -167,8 +175,14 @@ def make_train_step(
 
         def objective(params):
             out, model_state = model.apply(
-                params, state.model_state, x, train=True, key=step_key, grad=grad
+                precision.cast_floating(params, dtype),
+                state.model_state,
+                precision.cast_floating(x, dtype),
+                train=True,
+                key=step_key,
+                grad=grad,
             )
+            out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
             return loss_of(out, y), (out, model_state)
 
         (value, (out, model_state)), grads = jax.value_and_grad(
@@ -209,13 +223,15 @@ def make_eval_step(
     *,
     loss: str | Callable = "cross_entropy",
     grad: str = "custom",
+    compute_dtype: Any = None,
     jit: bool = True,
 ) -> Callable[[TrainState, Any], dict]:
     """Builds `eval_step(state, batch) -> metrics`, sums that add up over batches.
 
     Args:
-        model, loss, grad, jit: as in `make_train_step`. The model runs with
-            `train=False` (BatchNorm uses its running statistics, no Dropout).
+        model, loss, grad, compute_dtype, jit: as in `make_train_step`. The model
+            runs with `train=False` (BatchNorm uses its running statistics, no
+            Dropout).
 
     Returns:
         `eval_step(state, (x, y))` or `eval_step(state, (x, y, mask))` where x is
@@ -226,13 +242,21 @@ def make_eval_step(
     """
     rules.validate("make_eval_step", grad)
     loss_of = _loss_fn(loss)
+    dtype = precision.check_compute_dtype("make_eval_step", compute_dtype)
     # Per-example losses from the library's own mean loss applied row by row.
     per_example = jax.vmap(lambda o, t: loss_of(o[None], t[None]))
 
     def eval_step(state: TrainState, batch) -> dict:
         x, y = batch[0], batch[1]
         mask = batch[2] if len(batch) > 2 else jnp.ones(y.shape, jnp.float32)
-        out, _ = model.apply(state.params, state.model_state, x, train=False, grad=grad)
+        out, _ = model.apply(
+            precision.cast_floating(state.params, dtype),
+            state.model_state,
+            precision.cast_floating(x, dtype),
+            train=False,
+            grad=grad,
+        )
+        out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
         losses = per_example(out, y).astype(jnp.float32)
         hits = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
         mask = mask.astype(jnp.float32)
