@@ -10,9 +10,11 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, release_compiled  # noqa: F401
+from helpers import assert_close
 
 from funcnn import ops
+
+pytestmark = pytest.mark.usefixtures("release_compiled")
 
 # (N, F_in, F_out, bias)
 SHAPES = [(1, 1, 1, True), (3, 5, 4, True), (4, 7, 2, False), (2, 16, 9, True)]

@@ -13,13 +13,15 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close, release_compiled  # noqa: F401
+from helpers import assert_close
 from jax import lax
 
 import funcnn
 from funcnn import ops, rules
 from funcnn.rules.examples import QuantizedConv, SplitTies
 from funcnn.training.checkpoint import load_checkpoint, save_checkpoint
+
+pytestmark = pytest.mark.usefixtures("release_compiled")
 
 F64 = jnp.float64
 FA, SS = rules.feedback_alignment, rules.sign_symmetry

@@ -7,7 +7,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_close, fast_jit, release_compiled  # noqa: F401
+from helpers import assert_close, fast_jit
 
 from funcnn import (
     AvgPool2D,
@@ -40,6 +40,8 @@ from funcnn.training.step import (
     create_train_state,
     make_train_step,
 )
+
+pytestmark = pytest.mark.usefixtures("release_compiled")
 
 GRADS = ("custom", "autodiff")
 LAYERS = [

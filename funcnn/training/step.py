@@ -27,6 +27,7 @@ import optax
 from funcnn import rules
 from funcnn.nn import probe
 from funcnn.nn.core import Layer
+from funcnn.training import precision
 from funcnn.training.losses import accuracy, mse, softmax_cross_entropy
 from funcnn.training.optim import learning_rate
 from funcnn.training.step_checks import CheckedStep, check_optimizer
@@ -169,6 +170,7 @@ def make_train_step(
     label_smoothing: float = 0.0,
     layer_stats: bool = False,
     alignment: bool = False,
+    compute_dtype: Any = None,
     jit: bool = True,
     donate: bool = True,
 ) -> Callable[[TrainState, Any], tuple[TrainState, dict]]:
@@ -194,6 +196,11 @@ def make_train_step(
             between `grad`'s backward and the exact one ("align_grad/<path>",
             "align_delta/<path>", see `funcnn.rules.alignment`). Costs a second
             forward and backward pass per step.
+        compute_dtype: None for float32 throughout, or e.g. `jnp.bfloat16` for
+            mixed precision (`funcnn.training.precision`): the images and the
+            float params are cast to it at the start of the step, the forward and
+            backward run in it, and params, optimizer state, BatchNorm statistics,
+            the loss and the gradients stay float32.
         jit: if False, return the pure, un-jitted function (to be wrapped by the
             caller, e.g. `jax.jit` with shardings).
         donate: with `jit`, donate the input state's buffers; the caller must
@@ -214,6 +221,7 @@ def make_train_step(
     rules.validate(func, grad, model=model)
     check_optimizer(func, optimizer)
     loss_of = _loss_fn(loss, label_smoothing)
+    dtype = precision.check_compute_dtype(func, compute_dtype)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
         """One update: `train_step(state, (x, y)) -> (new state, metrics)`.
@@ -232,14 +240,15 @@ def make_train_step(
 
         def objective(params, hook=None, rule=grad):
             out, model_state = model.apply(
-                params,
+                precision.cast_floating(params, dtype),
                 state.model_state,
-                x,
+                precision.cast_floating(x, dtype),
                 train=True,
                 key=step_key,
                 grad=rule,
                 hook=hook,
             )
+            out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
             return loss_of(out, y), (out, model_state)
 
         (value, (out, model_state)), grads, extra = _value_and_grad(
@@ -282,15 +291,16 @@ def make_eval_step(
     *,
     loss: str | Callable = "cross_entropy",
     grad: Any = "custom",
+    compute_dtype: Any = None,
     jit: bool = True,
 ) -> Callable[[TrainState, Any], dict]:
     """Builds `eval_step(state, batch) -> metrics`, sums that add up over batches.
 
     Args:
-        model, loss, grad, jit: as in `make_train_step`. The model runs with
-            `train=False` (BatchNorm uses its running statistics, no Dropout);
-            `grad` matters only for rules that change the forward (e.g. a
-            straight-through rule's quantized weights).
+        model, loss, grad, compute_dtype, jit: as in `make_train_step`. The model
+            runs with `train=False` (BatchNorm uses its running statistics, no
+            Dropout); `grad` matters only for rules that change the forward (e.g.
+            a straight-through rule's quantized weights).
 
     Returns:
         `eval_step(state, (x, y))` or `eval_step(state, (x, y, mask))` where x is
@@ -301,13 +311,21 @@ def make_eval_step(
     """
     rules.validate("make_eval_step", grad, model=model)
     loss_of = _loss_fn(loss)
+    dtype = precision.check_compute_dtype("make_eval_step", compute_dtype)
     # Per-example losses from the library's own mean loss applied row by row.
     per_example = jax.vmap(lambda o, t: loss_of(o[None], t[None]))
 
     def eval_step(state: TrainState, batch) -> dict:
         x, y = batch[0], batch[1]
         mask = batch[2] if len(batch) > 2 else jnp.ones(y.shape, jnp.float32)
-        out, _ = model.apply(state.params, state.model_state, x, train=False, grad=grad)
+        out, _ = model.apply(
+            precision.cast_floating(state.params, dtype),
+            state.model_state,
+            precision.cast_floating(x, dtype),
+            train=False,
+            grad=grad,
+        )
+        out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
         losses = per_example(out, y).astype(jnp.float32)
         hits = (jnp.argmax(out, axis=-1) == y).astype(jnp.float32)
         mask = mask.astype(jnp.float32)

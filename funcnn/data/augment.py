@@ -1,0 +1,43 @@
+"""Training-time augmentation on host arrays, as pure functions of a numpy
+Generator, so a run seeded by (seed, epoch, batch) replays exactly on resume."""
+
+from __future__ import annotations
+
+import numpy as np
+
+
+def random_crop_flip(
+    x: np.ndarray, rng: np.random.Generator, *, pad: int = 4, fill=0.0
+) -> np.ndarray:
+    """The CIFAR recipe of He et al.: pad by `pad` pixels, crop a random window of
+    the original size, and flip horizontally with probability 1/2.
+
+    Args:
+        x: images of shape `(N, C, H, W)`.
+        rng: draws each image's crop offset `(dy, dx)` in `[0, 2 * pad]` and flip.
+        pad: the padding on every side, >= 0.
+        fill: the padding value, a scalar or an array of shape `(C,)` (e.g. the
+            normalised value of a black pixel).
+
+    Returns:
+        Augmented images of shape `(N, C, H, W)` and x's dtype.
+    """
+    if x.ndim != 4:
+        raise ValueError(
+            f"random_crop_flip: expected images of shape (N, C, H, W), got {x.shape}."
+        )
+    if isinstance(pad, bool) or not isinstance(pad, int) or pad < 0:
+        raise ValueError(f"random_crop_flip: expected pad >= 0, got {pad!r}.")
+    n, c, h, w = x.shape
+    padded = np.empty((n, c, h + 2 * pad, w + 2 * pad), x.dtype)
+    padded[...] = np.asarray(fill, x.dtype).reshape(1, -1, 1, 1)
+    padded[:, :, pad : pad + h, pad : pad + w] = x
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, n))
+    flip = rng.random(n) < 0.5
+    rows = dy[:, None] + np.arange(h)[None]  # (N, H)
+    cols = dx[:, None] + np.arange(w)[None]  # (N, W)
+    cols = np.where(flip[:, None], cols[:, ::-1], cols)
+    idx = np.arange(n)[:, None, None]
+    # (N, H, W, C) gathered, then back to NCHW.
+    out = padded[idx, :, rows[:, :, None], cols[:, None, :]]
+    return np.ascontiguousarray(out.transpose(0, 3, 1, 2))

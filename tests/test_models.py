@@ -1,0 +1,145 @@
+"""Tests for the research models (funcnn.nn.models) and mixed precision."""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+import pytest
+from helpers import assert_close, fast_jit
+
+import funcnn as fn
+from funcnn.data.augment import random_crop_flip
+from funcnn.nn.models.mobilenet import mobilenet_v1
+from funcnn.nn.models.resnet import ShortcutA, resnet18, resnet20
+
+KEY = jax.random.key(0)
+
+
+def n_params(params) -> int:
+    return sum(math.prod(a.shape) for a in jax.tree.leaves(params))
+
+
+def test_resnet18_has_torchvisions_parameter_count():
+    # torchvision.models.resnet18() has 11,689,512 trainable parameters; shapes
+    # only, so the 47 MB of weights are never drawn.
+    _, params, state = jax.eval_shape(
+        lambda k: resnet18().init(k, (-1, 3, 224, 224)), KEY
+    )
+    assert n_params(params) == 11_689_512
+    # Running statistics are state: 2 x the BatchNorm channels, not params.
+    bn_channels = sum(a.shape[0] for a in jax.tree.leaves(state)) // 2
+    assert bn_channels == 4800
+
+
+def test_resnet20_is_the_papers_size():
+    _, params, _ = jax.eval_shape(lambda k: resnet20().init(k, (-1, 3, 32, 32)), KEY)
+    assert abs(n_params(params) - 270_000) <= 0.01 * 270_000
+
+
+def test_resnet18_small_inputs_keeps_the_resolution_for_longer():
+    # The 3x3/1 stem without max pool: 32x32 reaches the last stage at 4x4.
+    model = resnet18(10, small_inputs=True)
+    out, params, _ = model.init(KEY, (-1, 3, 32, 32))
+    assert out == (-1, 10)
+    assert params["00_conv"]["w"].shape == (64, 3, 3, 3)
+    assert "03_maxpool" not in params
+
+
+def test_shortcut_a_subsamples_and_zero_pads():
+    x = jnp.arange(2 * 2 * 4 * 4, dtype=jnp.float32).reshape(2, 2, 4, 4)
+    layer = ShortcutA(5, stride=2)
+    shape, _, _ = layer.init(KEY, (-1, 2, 4, 4))
+    y, _ = layer.apply({}, {}, x)
+    assert shape == (-1, 5, 2, 2) and y.shape == (2, 5, 2, 2)
+    np.testing.assert_array_equal(y[:, :2], np.asarray(x)[:, :, ::2, ::2])
+    np.testing.assert_array_equal(y[:, 2:], 0.0)
+
+
+SMALL_MODELS = {
+    "resnet20": (lambda: resnet20(10, depth=8), (2, 3, 8, 8)),
+    "resnet18": (lambda: resnet18(10), (2, 3, 32, 32)),
+    "mobilenet_v1": (
+        lambda: mobilenet_v1(10, width=0.25, small_inputs=True),
+        (2, 3, 16, 16),
+    ),
+}
+
+
+@pytest.mark.parametrize("name", sorted(SMALL_MODELS))
+def test_init_predicts_the_shape_and_custom_equals_autodiff(name):
+    # float64, so that the patches formulation of the first conv (another
+    # summation order) and BatchNorm over 2 examples cannot blur a real difference.
+    make, shape = SMALL_MODELS[name]
+    model = make()
+    out_shape, params, state = model.init(KEY, (-1,) + shape[1:])
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(jax.random.key(1), shape, jnp.float64)
+    cot = jax.random.normal(jax.random.key(3), (shape[0], 10), jnp.float64)
+
+    def vjp(grad):
+        def f(p, x):
+            out, _ = model.apply(p, state, x, train=True, grad=grad)
+            return out
+
+        out, pull = jax.vjp(f, params, x)
+        return out, pull(cot)
+
+    out_c, (dp_c, dx_c) = fast_jit(lambda: vjp("custom"))()
+    out_a, (dp_a, dx_a) = fast_jit(lambda: vjp("autodiff"))()
+    assert out_c.shape == (shape[0],) + out_shape[1:]
+    assert_close(out_c, out_a, 1e-10)
+    assert_close(dx_c, dx_a, 1e-9)
+    for a, b in zip(jax.tree.leaves(dp_c), jax.tree.leaves(dp_a)):
+        assert_close(a, b, 1e-9)
+
+
+def test_bf16_step_keeps_float32_state_and_tracks_float32():
+    model = fn.lenet(10, input_hw=(8, 8), width=2, second_kernel=3)
+    opt = fn.make_optimizer("adam", 3e-3)
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(16, 1, 8, 8)).astype(np.float32)
+    y = rng.integers(0, 10, 16)
+    losses = {}
+    for name, dtype in (("f32", None), ("bf16", jnp.bfloat16)):
+        state = fn.create_train_state(model, (-1, 1, 8, 8), opt, seed=0)
+        step = fn.make_train_step(model, opt, compute_dtype=dtype)
+        for _ in range(5):
+            state, metrics = step(state, (x, y))
+        losses[name] = float(metrics["loss"])
+        dtypes = {a.dtype for a in jax.tree.leaves((state.params, state.opt_state))}
+        assert dtypes <= {jnp.dtype(jnp.float32), jnp.dtype(jnp.int32)}, dtypes
+    assert abs(losses["bf16"] - losses["f32"]) <= 0.05 * losses["f32"] + 0.02
+
+
+def test_bf16_runs_the_convs_in_bf16():
+    model = fn.serial(fn.Conv2D(4, 3), fn.Flatten(), fn.Dense(3))
+    opt = fn.make_optimizer("sgd", 0.1)
+    state = fn.create_train_state(model, (-1, 1, 6, 6), opt)
+    step = fn.make_train_step(model, opt, compute_dtype="bfloat16", jit=False)
+    batch = (jnp.ones((2, 1, 6, 6)), jnp.zeros((2,), jnp.int32))
+    text = str(jax.make_jaxpr(step)(state, batch))
+    assert "conv_general_dilated" in text and "bf16[2,4,4,4]" in text
+
+
+def test_bad_compute_dtype_is_named():
+    model = fn.serial(fn.Dense(2))
+    with pytest.raises(ValueError, match="make_train_step: expected compute_dtype in"):
+        fn.make_train_step(model, fn.make_optimizer("sgd", 0.1), compute_dtype="int8")
+
+
+def test_random_crop_flip_matches_a_hand_shift():
+    x = np.arange(2 * 1 * 4 * 4, dtype=np.float32).reshape(2, 1, 4, 4)
+    out = random_crop_flip(x, np.random.default_rng(0), pad=1)
+    # Recompute from the same draws, by hand.
+    rng = np.random.default_rng(0)
+    dy, dx = rng.integers(0, 3, size=(2, 2))
+    flip = rng.random(2) < 0.5
+    for i in range(2):
+        padded = np.pad(x[i, 0], 1)
+        want = padded[dy[i] : dy[i] + 4, dx[i] : dx[i] + 4]
+        if flip[i]:
+            want = want[:, ::-1]
+        np.testing.assert_array_equal(out[i, 0], want)
