@@ -9,7 +9,10 @@ label smoothing 0.1, weight decay 1e-4, random sub-pixel shifts) once per rule
 and seed. Every hyperparameter is the main job's: nothing here is tuned, and the
 test set is only evaluated, after each epoch.
 
-Writes into --out-dir:
+Each run goes through `funcnn.fit` into its own run directory
+(--out-dir/<rule>-seed<seed>: config.json, metrics.jsonl, checkpoints): running
+the script again resumes the runs that were stopped and reads back those that
+finished. Writes into --out-dir:
 - records.jsonl: one line per (rule, seed, epoch): test accuracy, train loss,
   seconds of training, and under feedback alignment and sign symmetry the angles
   (degrees) between the rule's and the exact parameter gradient and input delta
@@ -21,8 +24,8 @@ Writes into --out-dir:
   the lowest to the highest seed);
 - alignment.png: each layer's angles over training, mean over seeds.
 
-`train_one(rule, seed, data, ...)` is the unit of work: one run, returning its
-records.
+`train_one(rule, seed, data, out_dir, ...)` is the unit of work: one run,
+returning its records.
 """
 
 from __future__ import annotations
@@ -30,26 +33,27 @@ from __future__ import annotations
 import argparse
 import json
 import sys
-import time
 from pathlib import Path
 
-import jax
 import numpy as np
 
-sys.path.insert(0, str(Path(__file__).resolve().parent))  # experiments/train.py
-
-from train import SHIFT_PIXELS, lenet_layers, shift_images  # noqa: E402
-
-from funcnn import rules, serial  # noqa: E402
-from funcnn.data import batches, fit_normalizer, load_dataset, num_batches  # noqa: E402
-from funcnn.training.optim import make_optimizer  # noqa: E402
-from funcnn.training.step import (  # noqa: E402
+from funcnn import models, rules, serial
+from funcnn.data import (
+    batches,
+    fit_normalizer,
+    load_dataset,
+    num_batches,
+    random_shift,
+)
+from funcnn.training import (
     create_train_state,
-    evaluate,
     make_eval_step,
+    make_optimizer,
     make_train_step,
 )
+from funcnn.training.run import fit, read_metrics
 
+SHIFT_PIXELS = 0.5  # the main job's --augment shift
 RULES = ("backprop", "feedback_alignment", "sign_symmetry")
 LABELS = {
     "backprop": "backprop (exact)",
@@ -69,7 +73,7 @@ def rule_for(name: str, seed: int):
 
 def prepare_digits(split_seed: int = 0) -> dict:
     """The main job's data: digits normalised with training-set statistics, as
-    experiments/train.py's run() prepares them."""
+    experiments/train.py prepares them."""
     ds = load_dataset("digits", None, seed=split_seed)
     norm = fit_normalizer(ds.x_train)
     x_train = np.asarray(norm.apply(ds.x_train), np.float32)
@@ -88,6 +92,7 @@ def train_one(
     rule: str,
     seed: int,
     data: dict,
+    out_dir: Path,
     *,
     epochs: int = 40,
     batch_size: int = 32,
@@ -95,11 +100,15 @@ def train_one(
     weight_decay: float = 1e-4,
     label_smoothing: float = 0.1,
     width: int = 6,
-) -> list[dict]:
+) -> tuple[list[dict], float]:
     """Trains one model under `rule` ("backprop", "feedback_alignment" or
-    "sign_symmetry") and returns one record per epoch."""
+    "sign_symmetry") with `funcnn.fit` into `out_dir`; returns one record per
+    epoch and the seconds per epoch of training steps (compilation excluded)."""
     x_train, y_train = data["x_train"], data["y_train"]
-    layers = lenet_layers(data["num_classes"], x_train.shape[2:], width)
+    # The main job's model: a 3x3 second conv on the 8x8 digits (train.py).
+    layers = models.lenet_layers(
+        data["num_classes"], input_hw=x_train.shape[2:], width=width, second_kernel=3
+    )
     model = serial(*layers)
     spe = num_batches(len(x_train), batch_size)
     optimizer = make_optimizer(
@@ -112,48 +121,67 @@ def train_one(
     state = create_train_state(model, (-1,) + x_train.shape[1:], optimizer, seed=seed)
     grad = rule_for(rule, seed)
     step = make_train_step(model, optimizer, grad=grad, label_smoothing=label_smoothing)
-    # The same update, plus the angles to the exact gradient (a second pass).
-    measure = rule != "backprop"
+    # The same update, plus the angles to the exact gradient (a second pass),
+    # on each epoch's first batch.
     align_step = make_train_step(
         model, optimizer, grad=grad, label_smoothing=label_smoothing, alignment=True
     )
-    eval_step = make_eval_step(model, grad=grad)
-    records = []
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        losses, angles = [], {}
+
+    def epoch_batches(epoch: int):
         for i, (xb, yb) in enumerate(
             batches(x_train, y_train, batch_size, seed=seed, epoch=epoch)
         ):
             rng = np.random.default_rng([seed, epoch, i])
-            xb = shift_images(xb, rng, SHIFT_PIXELS, data["black"])
-            if i == 0 and measure:
-                state, metrics = align_step(state, (xb, yb))
-                angles = {k: v for k, v in metrics.items() if k.startswith("align_")}
-            else:
-                state, metrics = step(state, (xb, yb))
-            losses.append(metrics["loss"])
-        jax.block_until_ready(state.params)
-        seconds = time.perf_counter() - t0
-        test = evaluate(eval_step, state, data["x_test"], data["y_test"], 500)
+            yield random_shift(xb, rng, SHIFT_PIXELS, data["black"]), yb
+
+    measure = rule != "backprop"
+    if measure:  # compile both steps first, so fit's train time holds no compile
+        first = next(iter(epoch_batches(0)))
+        for warm in (step, align_step):
+            fresh = create_train_state(model, (-1,) + x_train.shape[1:], optimizer)
+            warm(fresh, first)
+
+    def train_step(state, batch):
+        first = int(state.step) % spe == 0
+        return (align_step if measure and first else step)(state, batch)
+
+    _, summary = fit(
+        train_step,
+        state,
+        epoch_batches,
+        epochs=epochs,
+        steps_per_epoch=spe,
+        eval_step=make_eval_step(model, grad=grad),
+        eval_data=(data["x_test"], data["y_test"]),
+        out_dir=out_dir,
+        resume=out_dir.exists(),  # a finished run is read back, a stopped one goes on
+        log_every=spe,
+        keep=1,
+        config={"rule": rule, "seed": seed, "epochs": epochs},
+        progress=False,
+    )
+    records = []
+    for line in read_metrics(out_dir):
+        if line["type"] != "epoch":
+            continue
         record = {
             "rule": rule,
             "seed": seed,
-            "epoch": epoch + 1,
-            "train_loss": float(np.mean(jax.device_get(losses))),
-            "test_accuracy": test["accuracy"],
-            "seconds": round(seconds, 3),
+            "epoch": line["epoch"],
+            "train_loss": line["loss"],
+            "test_accuracy": line["test_accuracy"],
         }
-        record.update({k: float(v) for k, v in jax.device_get(angles).items()})
+        record.update({k: v for k, v in line.items() if k.startswith("align_")})
         records.append(record)
-    return records
+    return records, summary.train_seconds / summary.epochs
 
 
 # ---------------------------------------------------------------- the report
 
 
-def table(records: list[dict], rule_names, seeds) -> str:
-    """The markdown table of final test accuracy and seconds per epoch."""
+def table(records: list[dict], seconds: dict, rule_names, seeds) -> str:
+    """The markdown table of final test accuracy and seconds per epoch
+    (`seconds[(rule, seed)]`, training steps only)."""
     lines = [
         f"| rule | test accuracy, mean ± std ({len(seeds)} seeds) | per seed | "
         "s / epoch |",
@@ -165,9 +193,7 @@ def table(records: list[dict], rule_names, seeds) -> str:
         ]
         final = np.asarray([100 * run[-1]["test_accuracy"] for run in runs])
         std = final.std(ddof=1) if len(final) > 1 else 0.0
-        secs = [r["seconds"] for run in runs for r in run[1:]] or [
-            run[0]["seconds"] for run in runs
-        ]
+        secs = [seconds[(rule, s)] for s in seeds]
         per_seed = ", ".join(f"{a:.2f}" for a in final)
         lines.append(
             f"| {LABELS[rule]} | {final.mean():.2f}% ± {std:.2f} | {per_seed} | "
@@ -253,15 +279,18 @@ def main(argv=None) -> int:
     p.add_argument("--seeds", nargs="+", type=int, default=[0, 1, 2])
     p.add_argument("--epochs", type=int, default=40)
     args = p.parse_args(argv)
+    if args.epochs < 1 or min(args.seeds) < 0:
+        p.error("--epochs must be >= 1 and every seed >= 0")
     out = Path(args.out_dir)
     out.mkdir(parents=True, exist_ok=True)
     data = prepare_digits()
-    records = []
+    records, seconds = [], {}
     with (out / "records.jsonl").open("w") as f:
         for rule in args.rules:
             for seed in args.seeds:
-                t0 = time.perf_counter()
-                run = train_one(rule, seed, data, epochs=args.epochs)
+                run, seconds[(rule, seed)] = train_one(
+                    rule, seed, data, out / f"{rule}-seed{seed}", epochs=args.epochs
+                )
                 for r in run:
                     f.write(json.dumps(r) + "\n")
                 f.flush()
@@ -269,10 +298,10 @@ def main(argv=None) -> int:
                 print(
                     f"{rule:<19} seed {seed}: test accuracy "
                     f"{100 * run[-1]['test_accuracy']:.2f}% "
-                    f"({time.perf_counter() - t0:.0f} s)",
+                    f"({seconds[(rule, seed)]:.2f} s per epoch)",
                     flush=True,
                 )
-    text = table(records, args.rules, args.seeds)
+    text = table(records, seconds, args.rules, args.seeds)
     (out / "table.md").write_text(text)
     plot_accuracy(records, args.rules, out / "accuracy.png")
     plot_alignment(records, args.rules, out / "alignment.png")

@@ -4,11 +4,17 @@
     python experiments/train.py --grad autodiff         # same, jax autodiff backward
     python experiments/train.py --out-dir runs/a        # a named run directory,
     python experiments/train.py --out-dir runs/a --resume   # continued
+    python experiments/train.py --dataset cifar10 --data-dir DIR   # ResNet-20, He
+                                                        # et al.'s CIFAR recipe
 
-The run directory holds config.json, metrics.jsonl, checkpoints/ and PNG plots
-(see `funcnn.training.run`). Everything random depends only on (seed, epoch,
-step): the batch order, the augmentation and the Dropout keys, so `--resume`
-reproduces an uninterrupted run bit for bit on CPU.
+The defaults depend on --dataset: the digits main job (LeNet-style, Adam 3e-3,
+sub-pixel shifts) or, for cifar10, the recipe of He et al. 2016 for ResNet-20
+(SGD with Nesterov momentum 0.9, lr 0.1 on a cosine schedule, weight decay 5e-4,
+batch 128, 4-pixel-padded random crops and horizontal flips); flags given
+explicitly win. The run directory holds config.json, metrics.jsonl, checkpoints/
+and PNG plots (see `funcnn.training.run`). Everything random depends only on
+(seed, epoch, step): the batch order, the augmentation and the Dropout keys, so
+`--resume` reproduces an uninterrupted run bit for bit on CPU.
 
 Exit codes: 0 done; 2 bad input (a one-line message); 3 every step of an epoch
 was skipped as non-finite; 130 or 143 when SIGINT or SIGTERM stopped the run
@@ -45,9 +51,30 @@ def lenet(num_classes: int, input_hw: tuple[int, int], width: int):
 
 MODELS = {  # --model -> (num_classes, input_hw, width) -> list of layers
     "lenet": lenet,
-    "vgg": lambda num_classes, input_hw, width: models.vgg_small_layers(num_classes),
+    "vgg": lambda classes, hw, width: models.vgg_small_layers(classes),
+    "resnet20": lambda classes, hw, width: models.resnet20_layers(classes),
+    "resnet18": lambda classes, hw, width: models.resnet18_layers(
+        classes, small_inputs=min(hw) <= 64
+    ),
+    "mobilenet": lambda classes, hw, width: models.mobilenet_v1_layers(
+        classes, small_inputs=min(hw) <= 64
+    ),
+}
+RECIPES = {  # --dataset -> its defaults; flags given explicitly win
+    "cifar10": dict(
+        model="resnet20",
+        optimizer="nesterov",
+        lr=0.1,
+        schedule="cosine",
+        weight_decay=5e-4,
+        batch_size=128,
+        epochs=164,  # 64k steps of 50k images, as the paper's 64k iterations
+        augment="crop-flip",
+        label_smoothing=0.0,
+    ),
 }
 GRADS = ("custom", "autodiff", "feedback_alignment", "sign_symmetry")
+PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 FREE = ("epochs", "no_plots", *cluster.ARGUMENT_NAMES)  # a resume may change them
 SHIFT_PIXELS = 0.5  # the largest translation of --augment shift
 SHIFT_HELP = f"shift: random sub-pixel shifts (up to {SHIFT_PIXELS} px) per image"
@@ -75,7 +102,18 @@ def build_parser():
     add("--batch-size", type=COUNT, default=32, help="examples per step")
     add("--epochs", type=COUNT, default=40, help="epochs to train")
     add("--seed", type=NATURAL, default=0, help="init, order, dropout seed")
-    add("--augment", choices=("none", "shift"), default="shift", help=SHIFT_HELP)
+    add(
+        "--augment",
+        choices=("none", "shift", "crop-flip"),
+        default="shift",
+        help=f"{SHIFT_HELP}; crop-flip: 4-pixel-padded random crop and flip",
+    )
+    add("--precision", choices=tuple(PRECISIONS), default="fp32", help="compute dtype")
+    add(
+        "--layer-stats",
+        action="store_true",
+        help="log grad_norm/<layer> and delta_rms/<layer>; draws grad_flow.png",
+    )
     add(
         "--label-smoothing",
         type=number(at_least=0, below=1),
@@ -90,38 +128,14 @@ def build_parser():
 
 def parse_args(argv=None):
     parser = build_parser()
+    known, _ = build_parser().parse_known_args(argv)
+    parser.set_defaults(**RECIPES.get(known.dataset, {}))
     args = runcli.parse_run_args(parser, argv, free=FREE)
     if args.dataset != "digits" and not args.data_dir:
         parser.error(f"--dataset {args.dataset} needs --data-dir")
     if args.data_dir and not Path(args.data_dir).exists():
         parser.error(f"--data-dir {args.data_dir} does not exist")
     return args
-
-
-def shift_images(x: np.ndarray, rng: np.random.Generator, amplitude: float, fill):
-    """Translates each image of `x` `(N, C, H, W)` by a random offset `(dy, dx)`,
-    uniform in `[-amplitude, amplitude]` (at most 1 pixel), bilinearly; `fill`
-    `(C,)` is shifted in at the borders (the normalised value of black)."""
-    n, _, h, w = x.shape
-    d = rng.uniform(-amplitude, amplitude, size=(n, 2)).astype(np.float32)
-    base = np.floor(d).astype(np.int64)  # -1 or 0
-    frac = d - base
-    padded = np.broadcast_to(
-        np.asarray(fill, x.dtype).reshape(1, -1, 1, 1), (n, x.shape[1], h + 3, w + 3)
-    ).copy()
-    padded[:, :, 1 : h + 1, 1 : w + 1] = x
-    rows = 1 + base[:, :1] + np.arange(h)[None]  # (N, H)
-    cols = 1 + base[:, 1:] + np.arange(w)[None]  # (N, W)
-    idx = np.arange(n)[:, None, None]
-
-    def at(dr, dc):  # (N, H, W, C) -> (N, C, H, W)
-        taps = padded[idx, :, rows[:, :, None] + dr, cols[:, None, :] + dc]
-        return taps.transpose(0, 3, 1, 2)
-
-    fy, fx = frac[:, 0, None, None, None], frac[:, 1, None, None, None]
-    top = (1 - fx) * at(0, 0) + fx * at(0, 1)
-    bottom = (1 - fx) * at(1, 0) + fx * at(1, 1)
-    return ((1 - fy) * top + fy * bottom).astype(x.dtype)
 
 
 def main(argv=None) -> int:
@@ -187,10 +201,17 @@ def setup(args, mesh, run) -> dict:
     )
     state = init_state(model, (-1, *x_train.shape[1:]), optimizer, seed=args.seed)
     one = mesh is None  # one device: plain jit; else split over the mesh
+    dtype = PRECISIONS[args.precision]
     train_step = make_train_step(
-        model, optimizer, grad=args.grad, label_smoothing=args.label_smoothing, jit=one
+        model,
+        optimizer,
+        grad=args.grad,
+        label_smoothing=args.label_smoothing,
+        compute_dtype=dtype,
+        layer_stats=args.layer_stats,
+        jit=one,
     )
-    eval_step = make_eval_step(model, grad=args.grad, jit=one)
+    eval_step = make_eval_step(model, grad=args.grad, compute_dtype=dtype, jit=one)
     if mesh is not None:
         train_step = distributed.data_parallel(train_step, mesh)
         eval_step = distributed.data_parallel(eval_step, mesh, donate=False)
@@ -200,9 +221,11 @@ def setup(args, mesh, run) -> dict:
             x_train, ds.y_train, args.batch_size, seed=args.seed, epoch=epoch
         )
         for i, (xb, yb) in enumerate(order):
+            rng = np.random.default_rng([args.seed, epoch, i])
             if args.augment == "shift":
-                rng = np.random.default_rng([args.seed, epoch, i])
-                xb = shift_images(xb, rng, SHIFT_PIXELS, black)
+                xb = data.random_shift(xb, rng, SHIFT_PIXELS, black)
+            elif args.augment == "crop-flip":
+                xb = data.random_crop_flip(xb, rng, pad=4, fill=black)
             yield xb, yb
 
     config = dict(vars(args))
@@ -219,7 +242,9 @@ def setup(args, mesh, run) -> dict:
         out_dir=run,
         config=config,
         data_fingerprint=data_fingerprint(ds.x_train, ds.y_train),
-        plot=None if args.no_plots else run_plots(layers, x_test[0], grad=args.grad),
+        plot=None
+        if args.no_plots
+        else run_plots(layers, x_test[0], ds.y_test[0], grad=args.grad),
         **runcli.fit_options(args),
     )
 

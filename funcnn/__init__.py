@@ -48,6 +48,9 @@ from funcnn.nn.core import Layer as Layer
 from funcnn.nn.core import leaf_paths as leaf_paths
 from funcnn.nn.models import lenet as lenet
 from funcnn.nn.models import lenet_layers as lenet_layers
+from funcnn.nn.models import mobilenet_v1 as mobilenet_v1
+from funcnn.nn.models import resnet18 as resnet18
+from funcnn.nn.models import resnet20 as resnet20
 from funcnn.nn.models import vgg_small as vgg_small
 from funcnn.nn.models import vgg_small_layers as vgg_small_layers
 from funcnn.nn.norm import BatchNorm as BatchNorm

@@ -7,9 +7,12 @@ CIFAR-10's pickles go through an unpickler that admits only numpy arrays and
 plain Python data, and `.npz` files are opened with `allow_pickle=False`.
 
 Modules: `base` (the `Dataset` and the checks every loader runs), `digits`,
-`idx` (MNIST), `cifar`, `npz`, `registry` (`load_dataset`) and `batching`.
+`idx` (MNIST), `cifar`, `npz`, `registry` (`load_dataset`), `batching` and
+`augment`.
 """
 
+from funcnn.data.augment import random_crop_flip as random_crop_flip
+from funcnn.data.augment import random_shift as random_shift
 from funcnn.data.base import Dataset as Dataset
 from funcnn.data.batching import Normalizer as Normalizer
 from funcnn.data.batching import batches as batches
@@ -38,6 +41,8 @@ __all__ = [
     "load_npz",
     "normalize",
     "num_batches",
+    "random_crop_flip",
+    "random_shift",
     "read_idx",
     "stratified_split",
 ]

@@ -1,5 +1,10 @@
 """Training-time augmentation on host arrays, as pure functions of a numpy
-Generator, so a run seeded by (seed, epoch, batch) replays exactly on resume."""
+Generator, so a run seeded by (seed, epoch, batch) replays exactly on resume.
+
+- `random_shift`: random sub-pixel translations (the digits main job);
+- `random_crop_flip`: pad, random crop and horizontal flip (the CIFAR recipe of
+  He et al. 2016).
+"""
 
 from __future__ import annotations
 
@@ -41,3 +46,48 @@ def random_crop_flip(
     # (N, H, W, C) gathered, then back to NCHW.
     out = padded[idx, :, rows[:, :, None], cols[:, None, :]]
     return np.ascontiguousarray(out.transpose(0, 3, 1, 2))
+
+
+def random_shift(
+    x: np.ndarray, rng: np.random.Generator, amplitude: float, fill=0.0
+) -> np.ndarray:
+    """Translates each image by a random sub-pixel offset, bilinearly.
+
+    Args:
+        x: images of shape `(N, C, H, W)`.
+        rng: draws each image's offset `(dy, dx)`, uniform in
+            `[-amplitude, amplitude]`.
+        amplitude: the largest shift in pixels, in `[0, 1]`.
+        fill: the value shifted in at the borders, a scalar or `(C,)` (e.g. the
+            normalised value of a black pixel).
+
+    Returns:
+        Shifted images of shape `(N, C, H, W)` and x's dtype.
+    """
+    if x.ndim != 4:
+        raise ValueError(
+            f"random_shift: expected images of shape (N, C, H, W), got {x.shape}."
+        )
+    if not 0.0 <= amplitude <= 1.0:
+        raise ValueError(
+            f"random_shift: expected 0 <= amplitude <= 1 pixel, got {amplitude!r}."
+        )
+    n, c, h, w = x.shape
+    d = rng.uniform(-amplitude, amplitude, size=(n, 2)).astype(np.float32)
+    base = np.floor(d).astype(np.int64)  # -1 or 0
+    frac = d - base
+    padded = np.empty((n, c, h + 3, w + 3), x.dtype)
+    padded[...] = np.asarray(fill, x.dtype).reshape(1, -1, 1, 1)
+    padded[:, :, 1 : h + 1, 1 : w + 1] = x
+    rows = 1 + base[:, :1] + np.arange(h)[None]  # (N, H)
+    cols = 1 + base[:, 1:] + np.arange(w)[None]  # (N, W)
+    idx = np.arange(n)[:, None, None]
+
+    def at(dr, dc):  # the (N, H, W, C) gather, back to (N, C, H, W)
+        taps = padded[idx, :, rows[:, :, None] + dr, cols[:, None, :] + dc]
+        return taps.transpose(0, 3, 1, 2)
+
+    fy, fx = frac[:, 0, None, None, None], frac[:, 1, None, None, None]
+    top = (1 - fx) * at(0, 0) + fx * at(0, 1)
+    bottom = (1 - fx) * at(1, 0) + fx * at(1, 1)
+    return ((1 - fy) * top + fy * bottom).astype(x.dtype)

@@ -74,7 +74,11 @@ def plot_curves(
         if metric == "loss" and all(r[metric] > 0 for r in steps + epochs):
             ax.set_yscale("log")
         ax.grid(alpha=0.3)
-        ax.legend(fontsize=8)
+        if ax.get_legend_handles_labels()[0]:
+            ax.legend(fontsize=8)
+        else:
+            where = dict(ha="center", transform=ax.transAxes)
+            ax.text(0.5, 0.5, "no logged steps yet", **where)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

@@ -16,7 +16,7 @@ from typing import Any
 import jax
 import optax
 
-OPTIMIZERS = ("sgd", "momentum", "adagrad", "rmsprop", "adam", "adamw")
+OPTIMIZERS = ("sgd", "momentum", "nesterov", "adagrad", "rmsprop", "adam", "adamw")
 SCHEDULES = ("constant", "cosine", "step")
 
 
@@ -151,10 +151,11 @@ def make_optimizer(
     """An optax optimizer by name, with schedule, weight decay and clipping.
 
     Args:
-        name: `"sgd"`, `"momentum"` (SGD with heavy-ball momentum), `"adagrad"`,
+        name: `"sgd"`, `"momentum"` (SGD with heavy-ball momentum), `"nesterov"`
+            (SGD with Nesterov momentum), `"adagrad"`,
             `"rmsprop"`, `"adam"` or `"adamw"`.
         learning_rate: the peak learning rate, > 0.
-        momentum: the momentum of "momentum".
+        momentum: the momentum of "momentum" and "nesterov".
         weight_decay: L2 decay of the kernels (arrays of rank >= 2). For all but
             "adamw" it is `optax.add_decayed_weights` before the optimizer, i.e.
             `weight_decay * w` joins the gradient; "adamw" decouples it, as in
@@ -203,6 +204,9 @@ def make_optimizer(
             core = {
                 "sgd": lambda: optax.sgd(learning_rate),
                 "momentum": lambda: optax.sgd(learning_rate, momentum=momentum),
+                "nesterov": lambda: optax.sgd(
+                    learning_rate, momentum=momentum, nesterov=True
+                ),
                 "adagrad": lambda: optax.adagrad(learning_rate),
                 "rmsprop": lambda: optax.rmsprop(learning_rate),
                 "adam": lambda: optax.adam(learning_rate, b1, b2, eps),
