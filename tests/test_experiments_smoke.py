@@ -28,8 +28,17 @@ SCRIPTS = {  # script -> (arguments, a text the output must contain)
     "determinism.py": (["--help"], "usage:"),
     "gradcheck_report.py": (["--help"], "usage:"),
     "learning_rules.py": (
-        ["--epochs", "1", "--seeds", "0", "--rules", "backprop",
-         "feedback_alignment", "--out-dir", "{tmp}/lr"],
+        [
+            "--epochs",
+            "1",
+            "--seeds",
+            "0",
+            "--rules",
+            "backprop",
+            "feedback_alignment",
+            "--out-dir",
+            "{tmp}/lr",
+        ],
         "| feedback alignment |",
     ),  # fmt: skip
     "scaling.py": (
