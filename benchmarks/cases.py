@@ -8,6 +8,7 @@ from __future__ import annotations
 
 OP_PARTS_FULL = ("fwd", "bwd", "fwdbwd")
 DTYPE = "float32"  # both frameworks' arrays and parameters
+RESNET18_BATCH = 32
 
 
 def conv(name, x, c_out, k, *, stride=1, padding=0, dilation=1, groups=1):
@@ -91,7 +92,9 @@ def train_cases(quick: bool) -> list[dict]:
     """Models for the train-step section: name, input shape (with batch), classes.
 
     "vgg" is `funcnn.models.vgg_small()` (BatchNorm, dropout 0.25); "vgg_nobn" is
-    the issue's model conv32-conv32-pool-conv64-conv64-pool-dense, without either.
+    the issue's model conv32-conv32-pool-conv64-conv64-pool-dense, without either;
+    "resnet20" is He et al.'s CIFAR ResNet at CIFAR's shape, batch 128; "resnet18"
+    torchvision's ResNet-18 at ImageNet's 224x224 (10 classes).
     """
     if quick:
         return [{"model": "lenet", "input": [8, 1, 28, 28], "dtype": DTYPE}]
@@ -99,6 +102,9 @@ def train_cases(quick: bool) -> list[dict]:
         {"model": "lenet", "input": [128, 1, 28, 28], "dtype": DTYPE},
         {"model": "vgg", "input": [128, 3, 32, 32], "dtype": DTYPE},
         {"model": "vgg_nobn", "input": [128, 3, 32, 32], "dtype": DTYPE},
+        {"model": "resnet20", "input": [128, 3, 32, 32], "dtype": DTYPE},
+        # ImageNet's shape at batch 32: about 3 GB of activations in float32.
+        {"model": "resnet18", "input": [RESNET18_BATCH, 3, 224, 224], "dtype": DTYPE},
     ]
 
 

@@ -215,6 +215,10 @@ def build_model(name: str, num_classes: int = 10):
         return models.vgg_small(num_classes)
     if name == "vgg_nobn":
         return models.vgg_small(num_classes, batchnorm=False, dropout=0.0)
+    if name == "resnet20":
+        return models.resnet20(num_classes)
+    if name == "resnet18":
+        return models.resnet18(num_classes)
     raise ValueError(f"bench: unknown model {name!r}.")
 
 

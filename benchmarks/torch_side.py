@@ -21,6 +21,8 @@ import torch
 import torch.nn as nn
 import torch.nn.functional as F
 
+from benchmarks import torch_models
+
 
 def _dtype(case: dict) -> torch.dtype:
     return getattr(torch, case.get("dtype", "float32"))
@@ -83,6 +85,10 @@ def op_callables(case: dict, device: str = "cpu") -> dict:
 def build_model(name: str, input_shape, num_classes: int = 10) -> nn.Module:
     """The torch twin of `benchmarks.jax_side.build_model`."""
     _, c, h, w = input_shape
+    if name == "resnet20":
+        return torch_models.resnet20(num_classes)
+    if name == "resnet18":
+        return torch_models.resnet18(num_classes)
     if name == "lenet":
         # conv 5x5 pad 2 keeps the size, pool halves, conv 5x5 takes 4, pool halves.
         flat = 16 * ((h // 2 - 4) // 2) * ((w // 2 - 4) // 2)
