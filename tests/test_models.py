@@ -143,3 +143,60 @@ def test_random_crop_flip_matches_a_hand_shift():
         if flip[i]:
             want = want[:, ::-1]
         np.testing.assert_array_equal(out[i, 0], want)
+
+
+TORCH_RESNETS = """
+import sys
+sys.path.insert(0, configs[0]["root"])
+from benchmarks import torch_models
+
+torch.set_default_dtype(torch.float64)
+for cfg in configs:
+    model = getattr(torch_models, cfg["name"])(10, **cfg["kwargs"])
+    params = list(model.parameters())
+    given = [data[f"{cfg['name']}_p{i}"] for i in range(cfg["n_params"])]
+    assert len(params) == len(given), (len(params), len(given))
+    with torch.no_grad():
+        for p, a in zip(params, given):
+            assert tuple(p.shape) == a.shape, (tuple(p.shape), a.shape)
+            p.copy_(torch.from_numpy(a))
+    model.eval()
+    save(cfg["name"], model(t(cfg["name"] + "_x")))
+    save(cfg["name"] + "_count", np.asarray(sum(p.numel() for p in params)))
+"""
+
+
+def test_resnets_equal_their_pytorch_twins(run_torch):
+    # The same weights in both frameworks (in forward order: conv w, BatchNorm
+    # scale and bias, dense w and b), evaluation mode: the same logits.
+    from pathlib import Path
+
+    root = str(Path(__file__).resolve().parents[1])
+    cases = [
+        ("resnet20", resnet20(10), {}, (2, 3, 16, 16)),
+        ("resnet18", resnet18(10), {}, (2, 3, 32, 32)),
+    ]
+    arrays, configs, ours = {}, [], {}
+    for name, model, kwargs, shape in cases:
+        _, params, state = model.init(KEY, (-1,) + shape[1:])
+        # float64 throughout, the running statistics too.
+        params, state = jax.tree.map(lambda a: a.astype(jnp.float64), (params, state))
+        x = jax.random.normal(jax.random.key(5), shape, jnp.float64)
+        logits = fast_jit(model.apply)(params, state, x)[0]
+        ours[name] = (logits, n_params(params))
+        leaves = []
+        for path, _ in fn.nn.walk(model):
+            sub = params
+            for key in path.split("/"):
+                sub = sub[key]
+            names = ("w", "b") if "w" in sub else ("scale", "bias")
+            leaves += [np.asarray(sub[k]) for k in names if k in sub]
+        arrays.update({f"{name}_p{i}": a for i, a in enumerate(leaves)})
+        arrays[f"{name}_x"] = np.asarray(x)
+        configs.append(
+            {"name": name, "kwargs": kwargs, "n_params": len(leaves), "root": root}
+        )
+    theirs = run_torch(TORCH_RESNETS, arrays, configs)
+    for name, (logits, count) in ours.items():
+        assert int(theirs[name + "_count"]) == count
+        assert_close(logits, theirs[name], 1e-10)
