@@ -520,7 +520,6 @@ def test_model_jit_equals_eager():
 
 # ---------------------------------------------------------------------- errors
 
-
 def _net_call(swap=False, other_state=False, **kwargs):
     """Calls a small conv-batchnorm model, with its arguments spoiled as asked."""
     net = serial(Conv2D(2, 1), BatchNorm())
