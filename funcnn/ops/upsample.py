@@ -48,18 +48,7 @@ def upsample2d(
     layout = _args.check_layout(op, layout)
     shape = _args.check_rank4(op, "x", x, _args.axes_text(layout))
     _args.check_float(op, "x", x)
-    if mode not in MODES:
-        raise ValueError(f"{op}: expected mode to be one of {MODES}, got {mode!r}.")
-    if align_corners is not None and mode != "bilinear":
-        raise ValueError(
-            f"{op}: expected align_corners=None with mode={mode!r}, got "
-            f"{align_corners!r}. Only bilinear resizing has corners to align."
-        )
-    if align_corners is not None and not isinstance(align_corners, bool):
-        raise TypeError(
-            f"{op}: expected align_corners to be a bool or None, got "
-            f"{align_corners!r}."
-        )
+    check_options(op, size, scale_factor, mode, align_corners)
     _, _, h, w = _args.nchw_shape(shape, layout)
     out_hw, scales = _output(op, (h, w), size, scale_factor)
     for axis in range(2):
@@ -79,32 +68,53 @@ def upsample2d(
     return x
 
 
-def _output(op, hw, size, scale_factor):
-    """((OH, OW), (scale_h, scale_w) or (None, None))."""
+def check_options(op, size, scale_factor, mode, align_corners) -> None:
+    """The checks that need no input: mode, corners, and one size or scale."""
+    if mode not in MODES:
+        raise ValueError(f"{op}: expected mode to be one of {MODES}, got {mode!r}.")
+    if align_corners is not None and mode != "bilinear":
+        raise ValueError(
+            f"{op}: expected align_corners=None with mode={mode!r}, got "
+            f"{align_corners!r}. Only bilinear resizing has corners to align."
+        )
+    if align_corners is not None and not isinstance(align_corners, bool):
+        raise TypeError(
+            f"{op}: expected align_corners to be a bool or None, got {align_corners!r}."
+        )
     if (size is None) == (scale_factor is None):
         raise ValueError(
             f"{op}: expected exactly one of size and scale_factor, got size={size!r} "
             f"and scale_factor={scale_factor!r}."
         )
     if size is not None:
-        return _args.pair(op, "size", size), (None, None)
+        _args.pair(op, "size", size)
+    else:
+        _scales(op, scale_factor)
 
+
+def _scales(op, scale_factor) -> tuple[float, float]:
     def number(v):
         return isinstance(v, (int, float)) and not isinstance(v, bool) and v > 0
 
     if number(scale_factor):
-        scales = (float(scale_factor), float(scale_factor))
-    elif (
+        return float(scale_factor), float(scale_factor)
+    if (
         isinstance(scale_factor, (tuple, list))
         and len(scale_factor) == 2
         and all(number(v) for v in scale_factor)
     ):
-        scales = (float(scale_factor[0]), float(scale_factor[1]))
-    else:
-        raise ValueError(
-            f"{op}: expected scale_factor to be a positive number or a pair of them, "
-            f"got {scale_factor!r}."
-        )
+        return float(scale_factor[0]), float(scale_factor[1])
+    raise ValueError(
+        f"{op}: expected scale_factor to be a positive number or a pair of them, "
+        f"got {scale_factor!r}."
+    )
+
+
+def _output(op, hw, size, scale_factor):
+    """((OH, OW), (scale_h, scale_w) or (None, None))."""
+    if size is not None:
+        return _args.pair(op, "size", size), (None, None)
+    scales = _scales(op, scale_factor)
     out = tuple(math.floor(n * s) for n, s in zip(hw, scales))
     if min(out) < 1:
         raise ValueError(
