@@ -129,10 +129,18 @@ def output_pair(op: str, output_size, hw) -> tuple[int, int]:
 
 
 def _take(x, rows, layout: str, axis: int):
-    """x gathered at the static `rows` along spatial axis 0 (H) or 1 (W)."""
-    return jnp.take(
-        x, jnp.asarray(rows, jnp.int32), axis=_args.spatial_axes(layout)[axis]
-    )
+    """x gathered at the static `rows` along spatial axis 0 (H) or 1 (W).
+
+    Evenly spaced rows (every window of one size: H a multiple of OH, or global
+    pooling) are a strided slice; others a gather.
+    """
+    dim = _args.spatial_axes(layout)[axis]
+    rows = np.asarray(rows)
+    steps = np.diff(rows)
+    if rows.size == 1 or (steps[0] > 0 and (steps == steps[0]).all()):
+        step = int(steps[0]) if rows.size > 1 else 1
+        return lax.slice_in_dim(x, int(rows[0]), int(rows[-1]) + 1, step, axis=dim)
+    return jnp.take(x, jnp.asarray(rows, jnp.int32), axis=dim, mode="clip")
 
 
 def _along(values: np.ndarray, layout: str, axis: int, rank: int = 4):
@@ -266,8 +274,9 @@ def adaptive_max_pool2d_reference(x, cfg: AdaptiveConfig):
     n, c, h, w = x.shape
     (oh, ow), rows, cols = cfg.out_hw, cfg.h.taps(), cfg.w.taps()
     kh, kw = rows.shape[1], cols.shape[1]
-    x = jnp.take(x, jnp.asarray(rows.reshape(-1)), axis=2).reshape(n, c, oh, kh, w)
-    x = jnp.take(x, jnp.asarray(cols.reshape(-1)), axis=4)
+    x = jnp.take(x, jnp.asarray(rows.reshape(-1)), axis=2, mode="clip")
+    x = x.reshape(n, c, oh, kh, w)
+    x = jnp.take(x, jnp.asarray(cols.reshape(-1)), axis=4, mode="clip")
     taps = x.reshape(n, c, oh, kh, ow, kw).transpose(0, 1, 2, 4, 3, 5)
     taps = taps.reshape(n, c, oh, ow, kh * kw)
     first = jnp.argmax(taps, axis=-1)[..., None]

@@ -56,14 +56,14 @@ def upsample2d(
         size_in, size_out = (h, w)[axis], out_hw[axis]
         if mode == "nearest":
             src = _nearest_rows(size_in, size_out, scales[axis])
-            x = jnp.take(x, jnp.asarray(src), axis=dim)
+            x = jnp.take(x, jnp.asarray(src), axis=dim, mode="clip")
             continue
         lo, hi, frac = _bilinear_rows(size_in, size_out, scales[axis], align_corners)
         wshape = [1, 1, 1, 1]
         wshape[dim] = size_out
         frac = jnp.asarray(frac.reshape(wshape), x.dtype)
-        a = jnp.take(x, jnp.asarray(lo), axis=dim)
-        b = jnp.take(x, jnp.asarray(hi), axis=dim)
+        a = jnp.take(x, jnp.asarray(lo), axis=dim, mode="clip")
+        b = jnp.take(x, jnp.asarray(hi), axis=dim, mode="clip")
         x = a * (1 - frac) + b * frac
     return x
 
