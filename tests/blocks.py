@@ -29,15 +29,17 @@ def torch_or_none(request):
 
 
 def to_layout(a, layout):
-    """An `(N, C, H, W)` array in `layout`."""
-    a = np.asarray(a)
-    return a if layout == "NCHW" else np.transpose(a, (0, 2, 3, 1))
+    """An `(N, C, H, W)` array in `layout` (numpy, or jax while tracing)."""
+    xp = jnp if isinstance(a, jax.core.Tracer) else np
+    a = xp.asarray(a)
+    return a if layout == "NCHW" else xp.transpose(a, (0, 2, 3, 1))
 
 
 def to_nchw(a, layout):
-    """An array in `layout` as `(N, C, H, W)`."""
-    a = np.asarray(a)
-    return a if layout == "NCHW" else np.transpose(a, (0, 3, 1, 2))
+    """An array in `layout` as `(N, C, H, W)` (numpy, or jax while tracing)."""
+    xp = jnp if isinstance(a, jax.core.Tracer) else np
+    a = xp.asarray(a)
+    return a if layout == "NCHW" else xp.transpose(a, (0, 3, 1, 2))
 
 
 def draw_values(rng, shape, integers: bool):
