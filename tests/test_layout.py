@@ -12,7 +12,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 from blocks import GRADS, distinct_values, to_layout, to_nchw
-from helpers import assert_close, fast_jit, release_compiled  # noqa: F401
+from helpers import assert_close, fast_jit
 
 import funcnn
 from funcnn import ops
