@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -58,7 +60,7 @@ def Conv2D(
     positive_int(label, "groups", groups)
     kh, kw = _args.pair(label, "window", window)
     _args.check_layout(label, layout)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout
     )
 
@@ -119,7 +121,7 @@ def ConvTranspose2D(
     kh, kw = _args.pair(label, "window", window)
     sh, sw = _args.pair(label, "stride", stride)
     _args.check_layout(label, layout)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         stride=stride,
         padding=padding,
         output_padding=output_padding,

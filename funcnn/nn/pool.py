@@ -8,6 +8,8 @@ indices past the layers in between (see `MaxUnpool2D`).
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -149,7 +151,7 @@ def GlobalAvgPool2D(*, layout: str = "NCHW") -> Layer:
         del params
         hw = tuple(x.shape[a] for a in _args.spatial_axes(layout))
         y = ops.avg_pool2d(x, hw, layout=layout, grad=rules.pick(grad, layer=label))
-        return y.reshape(y.shape[0], -1), state
+        return jnp.reshape(y, (x.shape[0], -1)), state
 
     return leaf(label, "gap", init, apply)
 
@@ -182,17 +184,12 @@ def MaxUnpool2D(
     _args.check_layout(label, layout)
     axes = _args.axes_text(layout)
 
+    kwargs: dict[str, Any] = dict(
+        stride=stride, padding=padding, output_size=output_size, layout=layout
+    )
+
     def unpool(y, indices, grad="custom"):
-        return ops.max_unpool2d(
-            y,
-            indices,
-            window,
-            stride=stride,
-            padding=padding,
-            output_size=output_size,
-            layout=layout,
-            grad=grad,
-        )
+        return ops.max_unpool2d(y, indices, window, grad=grad, **kwargs)
 
     def init(key, input_shape):
         del key

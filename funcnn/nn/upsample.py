@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import jax
 import jax.numpy as jnp
 
@@ -25,7 +27,7 @@ def Upsample2D(
     """
     label = "Upsample2D"
     _args.check_layout(label, layout)
-    kwargs = dict(
+    kwargs: dict[str, Any] = dict(
         size=size,
         scale_factor=scale_factor,
         mode=mode,

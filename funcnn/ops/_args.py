@@ -68,7 +68,7 @@ def layout_shape(n: int, c: int, hw: Sequence[int], layout: str) -> tuple[int, .
     return (n, c, *hw) if layout == "NCHW" else (n, *hw, c)
 
 
-def spatial_config(layout: str, per_axis: Sequence[tuple], fill: tuple) -> tuple:
+def spatial_config(layout: str, per_axis: Sequence[Any], fill: Any) -> tuple:
     """A rank-4 per-axis config (for lax.pad, slices, windows) with `per_axis[i]`
     at the i-th spatial axis of `layout` and `fill` at the batch and channel axes."""
     out = [fill] * 4

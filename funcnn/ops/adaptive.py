@@ -291,23 +291,24 @@ def _adaptive_argmax(x, cfg: AdaptiveConfig):
     whose maximum is the window's. That is the first maximum in row-major window
     order (and, with NaNs, the last NaN), in K_H + K_W gathers instead of K_H*K_W.
     """
-    best, col = None, None
-    for cols in cfg.w.taps().T:
+    col_taps, row_taps = cfg.w.taps().T, cfg.h.taps().T
+    best = _take(x, col_taps[0], cfg.layout, 1)
+    col = jnp.broadcast_to(
+        _along(col_taps[0].astype(np.int32), cfg.layout, 1), best.shape
+    )
+    for cols in col_taps[1:]:
         v = _take(x, cols, cfg.layout, 1)
-        at = _along(cols.astype(np.int32), cfg.layout, 1)
-        if best is None:
-            best, col = v, jnp.broadcast_to(at, v.shape)
-            continue
         wins = (v > best) | (v != v)
+        at = _along(cols.astype(np.int32), cfg.layout, 1)
         best, col = jnp.where(wins, v, best), jnp.where(wins, at, col)
-    y, index = None, None
-    for rows in cfg.h.taps().T:
-        v = _take(best, rows, cfg.layout, 0)
+
+    def row_tap(rows):
         flat = _along(rows.astype(np.int32) * cfg.w.size, cfg.layout, 0)
-        flat = flat + _take(col, rows, cfg.layout, 0)
-        if y is None:
-            y, index = v, flat
-            continue
+        return _take(best, rows, cfg.layout, 0), flat + _take(col, rows, cfg.layout, 0)
+
+    y, index = row_tap(row_taps[0])
+    for rows in row_taps[1:]:
+        v, flat = row_tap(rows)
         wins = (v > y) | (v != v)
         y, index = jnp.where(wins, v, y), jnp.where(wins, flat, index)
     return y, index

@@ -48,7 +48,7 @@ class TransposeGeometry(NamedTuple):
     """
 
     conv: ConvConfig
-    y_shape: tuple[int, int, int, int]
+    y_shape: tuple[int, ...]
 
 
 def conv_transpose2d(
@@ -162,7 +162,10 @@ def conv_transpose2d(
                 f"{eff[i]} + {e} = {size}. Use less padding."
             )
         out_hw.append(size)
-    conv_pads = tuple((lo, hi - e) for (lo, hi), e in zip(pads, extra))
+    conv_pads = (
+        (pads[0][0], pads[0][1] - extra[0]),
+        (pads[1][0], pads[1][1] - extra[1]),
+    )
     cfg = ConvConfig(stride_, conv_pads, dilation_, groups, b is not None, layout)
     geom = TransposeGeometry(cfg, _args.layout_shape(n, c_out, out_hw, layout))
     if grad == "autodiff":
