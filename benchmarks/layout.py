@@ -14,8 +14,9 @@ to the NCHW custom-rule step without the flag.
 Train step: `funcnn.models.vgg_small(batchnorm=False, dropout=0.0, layout=...)`,
 batch 128 of 3x32x32 (NHWC: 32x32x3), adam, built by `benchmarks.jax_side`
 exactly as the main benchmark builds its "vgg_nobn" step. Max pool: 3x3 window,
-stride 2, on 128x32x32x32, forward and backward in one jit (and apart, for the
-custom rule, to show what fusing them costs or saves).
+stride 2, on 128x32x32x32, forward and backward in one jit; for the custom rule
+also apart: "fwd" is the op alone (as in inference: no index is computed) and
+"bwd" the pullback of a saved index.
 """
 
 from __future__ import annotations
