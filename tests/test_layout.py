@@ -13,6 +13,8 @@ import numpy as np
 import pytest
 from blocks import GRADS, distinct_values, to_layout, to_nchw
 from helpers import assert_close, fast_jit
+from hypothesis import given, settings
+from hypothesis import strategies as st
 
 import funcnn
 from funcnn import ops
@@ -111,6 +113,52 @@ def test_unpool_nhwc_equals_nchw(mode):
     out = both(y, index, g)
     for a, b in zip(out["NCHW"], out["NHWC"]):
         np.testing.assert_array_equal(a, b)
+
+
+@st.composite
+def conv_configs(draw):
+    groups = draw(st.integers(1, 2))
+    c_in, c_out = groups * draw(st.integers(1, 3)), groups * draw(st.integers(1, 3))
+    k = (draw(st.integers(1, 4)), draw(st.integers(1, 4)))
+    kw = dict(
+        stride=(draw(st.integers(1, 3)), draw(st.integers(1, 3))),
+        dilation=(draw(st.integers(1, 2)), draw(st.integers(1, 2))),
+        padding=draw(st.sampled_from([0, 1, 2, (1, 0), "SAME"])),
+        groups=groups,
+    )
+    pad = {0: (0, 0), 1: (1, 1), 2: (2, 2), (1, 0): (1, 0)}.get(kw["padding"], (9, 9))
+    hw = tuple(
+        draw(st.integers(max(1, kw["dilation"][i] * (k[i] - 1) + 1 - 2 * pad[i]), 8))
+        for i in range(2)
+    )
+    return (2, c_in, *hw), (c_out, c_in // groups, *k), tuple(sorted(kw.items()))
+
+
+@settings(derandomize=True, database=None, deadline=None, max_examples=50)
+@given(cfg=conv_configs(), seed=st.integers(0, 2**32 - 1))
+def test_conv2d_rule_nhwc_equals_nchw_sweep(cfg, seed):
+    """The custom conv rule in both layouts, on drawn configs (the direct, the
+    patches and the explicitly padded paths of conv2d_input_grad)."""
+    x_shape, w_shape, kwargs = cfg
+    rng = np.random.default_rng(seed)
+    x, w = rng.standard_normal(x_shape), jnp.asarray(rng.standard_normal(w_shape))
+    out = jax.eval_shape(partial(ops.conv2d, **dict(kwargs)), jnp.asarray(x), w)
+    g = rng.standard_normal(out.shape)
+    res = conv_both_layouts(kwargs, jnp.asarray(x), w, jnp.asarray(g))
+    (y_c, dx_c, dw_c), (y_h, dx_h, dw_h) = res
+    assert_close(to_nchw(y_h, "NHWC"), y_c, 1e-12)
+    assert_close(to_nchw(dx_h, "NHWC"), dx_c, 1e-12)
+    assert_close(dw_h, dw_c, 1e-12)
+
+
+@partial(fast_jit, static_argnums=0)
+def conv_both_layouts(kwargs, x, w, g):
+    out = []
+    for layout in ("NCHW", "NHWC"):
+        f = partial(ops.conv2d, layout=layout, **dict(kwargs))
+        y, vjp = jax.vjp(f, to_layout(x, layout), w)
+        out.append((y, *vjp(to_layout(g, layout))))
+    return out
 
 
 # ----------------------------------------------------------------- whole models

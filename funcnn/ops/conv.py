@@ -241,25 +241,31 @@ def conv2d_input_grad(g, w, cfg: ConvConfig, x_shape):
     tiny = cfg.stride != (1, 1) and (
         g_hw[0] * g_hw[1] < kh * kw or g_hw[0] < kh or g_hw[1] < kw
     )
+    layout = cfg.layout
     if tiny or min(min(p) for p in pads) < 0:
         # Dilate and pad g explicitly when padding is wider than the filter
         # (negative conv padding) or when the deltas are smaller than the filter:
         # XLA:CPU then swaps the conv operands and aborts on the base dilation
-        # (the case where jax.grad of lax.conv_general_dilated crashes).
+        # (the case where jax.grad of lax.conv_general_dilated crashes). In NHWC
+        # it folds the explicit pad back into the conv and aborts all the same,
+        # so these small convolutions run channels-first.
+        if layout == "NHWC":
+            g, layout = jnp.transpose(g, (0, 3, 1, 2)), "NCHW"
         g = _pad_spatial(
-            g, cfg.layout, [(p[0], p[1], s - 1) for p, s in zip(pads, cfg.stride)]
+            g, layout, [(p[0], p[1], s - 1) for p, s in zip(pads, cfg.stride)]
         )
         pads, lhs_dilation = ((0, 0), (0, 0)), (1, 1)
-    return lax.conv_general_dilated(
+    dx = lax.conv_general_dilated(
         g,
         wt,
         window_strides=(1, 1),
         padding=pads,
         lhs_dilation=lhs_dilation,
         rhs_dilation=cfg.dilation,
-        dimension_numbers=_DIMS[cfg.layout],
+        dimension_numbers=_DIMS[layout],
         feature_group_count=G,
     )
+    return dx if layout == cfg.layout else jnp.transpose(dx, (0, 2, 3, 1))
 
 
 def conv2d_weight_grad(x, g, cfg: ConvConfig, w_shape):

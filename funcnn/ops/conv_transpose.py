@@ -24,6 +24,7 @@ from functools import partial
 from typing import NamedTuple
 
 import jax
+import jax.numpy as jnp
 from jax import lax
 
 from funcnn.ops import _args
@@ -190,9 +191,15 @@ def conv_transpose2d_reference(x, w, b, geom: TransposeGeometry):
     # (C_in, C_out/G) -> (C_out, C_in/G) within each group, rotated 180 degrees.
     wt = w.reshape(G, c_in // G, c_out_g, kh, kw).transpose(0, 2, 1, 3, 4)
     wt = wt.reshape(G * c_out_g, c_in // G, kh, kw)[:, :, ::-1, ::-1]
+    layout = cfg.layout
+    h, wd = (x.shape[a] for a in _args.spatial_axes(layout))
+    if layout == "NHWC" and (h < kh or wd < kw or h * wd < kh * kw):
+        # XLA:CPU folds the pad into an NHWC conv, swaps the operands of one this
+        # small and aborts; channels-first it does not (see conv2d_input_grad).
+        x, layout = jnp.transpose(x, (0, 3, 1, 2)), "NCHW"
     xd = _pad_spatial(
         x,
-        cfg.layout,
+        layout,
         [
             (e - 1 - lo, e - 1 - hi, s - 1)
             for e, (lo, hi), s in zip(eff, cfg.pads, cfg.stride)
@@ -204,9 +211,11 @@ def conv_transpose2d_reference(x, w, b, geom: TransposeGeometry):
         window_strides=(1, 1),
         padding=((0, 0), (0, 0)),
         rhs_dilation=cfg.dilation,
-        dimension_numbers=_DIMS[cfg.layout],
+        dimension_numbers=_DIMS[layout],
         feature_group_count=G,
     )
+    if layout != cfg.layout:
+        y = jnp.transpose(y, (0, 2, 3, 1))
     if cfg.has_bias:
         y = y + _bias(b, cfg.layout)
     return y
