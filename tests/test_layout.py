@@ -189,20 +189,15 @@ def _encoder_decoder(layout):
 MODELS = [
     ("vgg_small", lambda layout: funcnn.vgg_small(5, dropout=0.0, layout=layout),
      (2, 3, 8, 8)),
-    ("lenet", lambda layout: funcnn.lenet(4, input_hw=(8, 8), layout=layout),
-     (2, 1, 8, 8)),
-    ("encoder-decoder", _encoder_decoder, (2, 2, 9, 8)),
     ("gap", lambda layout: funcnn.serial(
         funcnn.Conv2D(4, 3, layout=layout), funcnn.GlobalAvgPool2D(layout=layout),
         funcnn.Dense(2)), (2, 3, 6, 6)),
+    ("encoder-decoder", _encoder_decoder, (2, 2, 9, 8)),
 ]  # fmt: skip
 
 
 # Each model under one grad mode, both modes among them (to keep the compiles few).
-MODEL_CASES = [
-    (*m, mode)
-    for m, mode in zip(MODELS + MODELS[2:3], ("custom", "autodiff") * 2 + ("autodiff",))
-]
+MODEL_CASES = [(*m, mode) for m, mode in zip(MODELS, GRADS * 2)]
 
 
 @pytest.mark.parametrize(

@@ -64,13 +64,13 @@ class Cfg(NamedTuple):
 
 @st.composite
 def configs(draw, op):
-    size = ints(1, 6)
+    size = ints(1, 5)
     output_size = draw(
         st.one_of(size, st.tuples(size, size), st.tuples(st.none(), size),
                   st.tuples(size, st.none()))
     )  # fmt: skip
-    shape = (draw(st.sampled_from((1, 2))), draw(ints(1, 3)), draw(ints(1, 9)),
-             draw(ints(1, 9)))  # fmt: skip
+    shape = (draw(st.sampled_from((1, 2))), draw(ints(1, 3)), draw(ints(1, 8)),
+             draw(ints(1, 8)))  # fmt: skip
     return Cfg(op, shape, output_size, draw(st.sampled_from(LAYOUTS)),
                draw(st.booleans()))  # fmt: skip
 
