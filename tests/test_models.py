@@ -14,6 +14,7 @@ import funcnn as fn
 from funcnn.data.augment import random_crop_flip
 from funcnn.nn.models.mobilenet import mobilenet_v1
 from funcnn.nn.models.resnet import ShortcutA, resnet18, resnet20
+from funcnn.nn.models.unet import unet_small
 
 KEY = jax.random.key(0)
 
@@ -58,42 +59,87 @@ def test_shortcut_a_subsamples_and_zero_pads():
     np.testing.assert_array_equal(y[:, 2:], 0.0)
 
 
-SMALL_MODELS = {
-    "resnet20": (lambda: resnet20(10, depth=8), (2, 3, 8, 8)),
-    "resnet18": (lambda: resnet18(10), (2, 3, 32, 32)),
+SMALL_MODELS = {  # name -> (make(layout), NCHW input shape, output rank)
+    "resnet20": (lambda L: resnet20(10, depth=8, layout=L), (2, 3, 8, 8), 2),
+    "resnet18": (lambda L: resnet18(10, layout=L), (2, 3, 32, 32), 2),
     "mobilenet_v1": (
-        lambda: mobilenet_v1(10, width=0.25, small_inputs=True),
+        lambda L: mobilenet_v1(10, width=0.25, small_inputs=True, layout=L),
         (2, 3, 16, 16),
+        2,
+    ),
+    "unet_small": (
+        lambda L: unet_small(3, width=4, depth=2, layout=L),
+        (2, 3, 8, 8),
+        4,
     ),
 }
 
 
+def _to(layout, a):
+    """An NCHW array (or an NHWC one back) for rank-4 arrays; others unchanged."""
+    if a.ndim != 4:
+        return a
+    return a.transpose(0, 2, 3, 1) if layout == "NHWC" else a.transpose(0, 3, 1, 2)
+
+
 @pytest.mark.parametrize("name", sorted(SMALL_MODELS))
-def test_init_predicts_the_shape_and_custom_equals_autodiff(name):
+def test_models_in_both_layouts_and_both_grad_modes(name):
+    # init's shape equals apply's in both layouts; the custom rules equal autodiff;
+    # NHWC equals NCHW transposed, values and every gradient, with the same params.
     # float64, so that the patches formulation of the first conv (another
     # summation order) and BatchNorm over 2 examples cannot blur a real difference.
-    make, shape = SMALL_MODELS[name]
-    model = make()
-    out_shape, params, state = model.init(KEY, (-1,) + shape[1:])
+    make, shape, rank = SMALL_MODELS[name]
+    nchw = make("NCHW")
+    out_shape, params, state = nchw.init(KEY, (-1,) + shape[1:])
     params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
     x = jax.random.normal(jax.random.key(1), shape, jnp.float64)
-    cot = jax.random.normal(jax.random.key(3), (shape[0], 10), jnp.float64)
+    out_nchw = (shape[0],) + out_shape[1:]
+    cot = jax.random.normal(jax.random.key(3), out_nchw, jnp.float64)
 
-    def vjp(grad):
+    def vjp(model, layout, grad):
         def f(p, x):
+            if layout == "NHWC":
+                x = _to("NHWC", x)
             out, _ = model.apply(p, state, x, train=True, grad=grad)
-            return out
+            return _to("NCHW", out) if layout == "NHWC" else out
 
         out, pull = jax.vjp(f, params, x)
         return out, pull(cot)
 
-    out_c, (dp_c, dx_c) = fast_jit(lambda: vjp("custom"))()
-    out_a, (dp_a, dx_a) = fast_jit(lambda: vjp("autodiff"))()
-    assert out_c.shape == (shape[0],) + out_shape[1:]
-    assert_close(out_c, out_a, 1e-10)
-    assert_close(dx_c, dx_a, 1e-9)
-    for a, b in zip(jax.tree.leaves(dp_c), jax.tree.leaves(dp_a)):
-        assert_close(a, b, 1e-9)
+    nhwc = make("NHWC")
+    shape_h, params_h, _ = nhwc.init(KEY, (-1,) + _to("NHWC", x).shape[1:])
+    assert jax.tree.structure(params_h) == jax.tree.structure(params)
+    runs = {
+        "custom": fast_jit(lambda: vjp(nchw, "NCHW", "custom"))(),
+        "autodiff": fast_jit(lambda: vjp(nchw, "NCHW", "autodiff"))(),
+        "nhwc": fast_jit(lambda: vjp(nhwc, "NHWC", "custom"))(),
+    }
+    assert runs["custom"][0].shape == out_nchw and len(out_nchw) == rank
+    assert shape_h == (-1,) + _to("NHWC", runs["nhwc"][0]).shape[1:]
+    for other in ("autodiff", "nhwc"):
+        out, (dp, dx) = runs[other]
+        assert_close(out, runs["custom"][0], 1e-10)
+        assert_close(dx, runs["custom"][1][1], 1e-9)
+        for a, b in zip(jax.tree.leaves(dp), jax.tree.leaves(runs["custom"][1][0])):
+            assert_close(a, b, 1e-9)
+
+
+def test_unet_concatenates_its_skips():
+    # Two levels: the first skip joins 4 upsampled channels to 4, the second 8 to 8.
+    model = unet_small(3, width=4, depth=2)
+    out, params, _ = model.init(KEY, (-1, 1, 8, 8))
+    assert out == (-1, 3, 8, 8)
+    paths = fn.leaf_paths(model)
+    assert sum(p.endswith("concat") for p in paths) == 2
+    assert sum(p.endswith("convtranspose") for p in paths) == 2
+    ups = [p for p in paths if p.endswith("convtranspose")]
+    # IOHW filters: (C_in, C_out, 2, 2) doubling H and W.
+    sub = params
+    for key in ups[0].split("/"):
+        sub = sub[key]
+    assert sub["w"].shape == (16, 8, 2, 2)
+    with pytest.raises(ValueError, match="unet_small: expected layout"):
+        unet_small(layout="HWCN")
 
 
 def test_bf16_step_keeps_float32_state_and_tracks_float32():

@@ -182,8 +182,8 @@ CASES = [
     # ---- pools: padding
     ("max-pad-half", maxp(3, padding=2), (X,), ValueError,
      "max_pool2d: expected padding along H at most half the effective window "
-     "(3 // 2 = 1), got (2, 2). A window that can lie wholly in the padding has no "
-     "input to pool."),
+     "(3 // 2 = 1), got (2, 2). Use less padding, or pad x yourself (jnp.pad) for a "
+     "wider border."),
     ("max-pad-half-w", maxp(3, padding=((1, 1), (0, 2))), (X,), ValueError,
      "max_pool2d: expected padding along W at most half the effective window "
      "(3 // 2 = 1), got (0, 2)."),

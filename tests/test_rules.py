@@ -419,3 +419,51 @@ def test_a_user_rule_returning_a_wrong_shape_is_named():
         ValueError, match=re.escape("Broken.dense_input_grad: expected")
     ):
         grads(lambda x: ops.dense(x, W, grad=Broken()), g, X)
+
+
+@dataclasses.dataclass(frozen=True)
+class _HalfAvg(rules.Rule):
+    """An avg-pool rule for the layout test: half the exact input delta."""
+
+    ops = ("avg_pool2d",)
+
+    def avg_pool2d_input_grad(self, g, win):
+        return 0.5 * super().avg_pool2d_input_grad(g, win)
+
+
+@pytest.mark.parametrize(
+    "op, rule",
+    [
+        ("conv", rules.feedback_alignment(seed=3)),
+        ("conv", rules.sign_symmetry()),
+        ("conv", QuantizedConv(0.25)),
+        ("max", SplitTies()),
+        ("avg", _HalfAvg()),
+    ],
+    ids=["fa", "sign", "quantized", "split_ties", "half_avg"],
+)
+def test_rule_values_give_the_same_deltas_in_nhwc(op, rule):
+    # The rule-driven VJPs in NHWC equal NCHW's, transposed (integer-valued x so
+    # that the max pool has ties for SplitTies to split).
+    x = jnp.asarray(np.random.default_rng(0).integers(-2, 3, (2, 3, 6, 6)), float)
+    w = jnp.asarray(np.random.default_rng(1).normal(size=(4, 3, 3, 3)))
+    b = jnp.arange(4.0)
+
+    def f(layout, x, w, b):
+        xx = x if layout == "NCHW" else x.transpose(0, 2, 3, 1)
+        if op == "conv":
+            kw = dict(padding=1, stride=2, layout=layout, grad=rule)
+            y = ops.conv2d(xx, w.astype(x.dtype), b.astype(x.dtype), **kw)
+        elif op == "max":
+            y = ops.max_pool2d(xx, 3, stride=2, padding=1, layout=layout, grad=rule)
+        else:
+            kw = dict(padding=1, count_include_pad=False, layout=layout, grad=rule)
+            y = ops.avg_pool2d(xx, 3, stride=2, **kw)
+        return y if layout == "NCHW" else y.transpose(0, 3, 1, 2)
+
+    y, pull = jax.vjp(lambda *a: f("NCHW", *a), x, w, b)
+    g = jnp.asarray(np.random.default_rng(2).normal(size=y.shape))
+    y_h, pull_h = jax.vjp(lambda *a: f("NHWC", *a), x, w, b)
+    assert_close(y_h, y, 1e-14)
+    for got, want in zip(pull_h(g), pull(g)):
+        assert_close(got, want, 1e-12)

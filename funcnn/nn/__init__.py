@@ -23,6 +23,7 @@ from funcnn.nn.combinators import parallel as parallel
 from funcnn.nn.combinators import residual as residual
 from funcnn.nn.combinators import serial as serial
 from funcnn.nn.conv import Conv2D as Conv2D
+from funcnn.nn.conv import ConvTranspose2D as ConvTranspose2D
 from funcnn.nn.core import APPLY_KEYWORDS as APPLY_KEYWORDS
 from funcnn.nn.core import Layer as Layer
 from funcnn.nn.core import LayerInfo as LayerInfo
@@ -31,6 +32,10 @@ from funcnn.nn.core import leaf_paths as leaf_paths
 from funcnn.nn.core import walk as walk
 from funcnn.nn.norm import BatchNorm as BatchNorm
 from funcnn.nn.norm import BatchNormState as BatchNormState
+from funcnn.nn.pool import AdaptiveAvgPool2D as AdaptiveAvgPool2D
+from funcnn.nn.pool import AdaptiveMaxPool2D as AdaptiveMaxPool2D
 from funcnn.nn.pool import AvgPool2D as AvgPool2D
 from funcnn.nn.pool import GlobalAvgPool2D as GlobalAvgPool2D
 from funcnn.nn.pool import MaxPool2D as MaxPool2D
+from funcnn.nn.pool import MaxUnpool2D as MaxUnpool2D
+from funcnn.nn.upsample import Upsample2D as Upsample2D

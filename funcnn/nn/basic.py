@@ -17,6 +17,7 @@ from funcnn.nn.core import (
     leaf,
     positive_int,
 )
+from funcnn.ops import _args
 
 
 def Dense(
@@ -61,8 +62,15 @@ def Dense(
     return leaf(label, "dense", init, apply, param_keys=("w",), info=info)
 
 
-def Flatten() -> Layer:
-    """`(N, d1, d2, ...)` -> `(N, d1 * d2 * ...)`."""
+def Flatten(*, layout: str = "NCHW") -> Layer:
+    """`(N, d1, d2, ...)` -> `(N, d1 * d2 * ...)`, in channels-first order.
+
+    With layout="NHWC" the input's last axis is its channels: `(N, H, W, C)` is
+    flattened as its `(N, C, H, W)` transpose would be, so a Dense layer after it
+    has the same parameters in both layouts.
+    """
+    label = "Flatten"
+    _args.check_layout(label, layout)
 
     def init(key, input_shape):
         del key
@@ -70,9 +78,11 @@ def Flatten() -> Layer:
 
     def apply(params, state, x, **_):
         del params
+        if layout == "NHWC" and x.ndim > 2:
+            x = jnp.moveaxis(x, -1, 1)
         return x.reshape(x.shape[0], -1), state
 
-    return leaf("Flatten", "flatten", init, apply)
+    return leaf(label, "flatten", init, apply)
 
 
 def elementwise(fn: Callable, name: str, label: str | None = None) -> Layer:

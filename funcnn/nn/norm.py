@@ -9,6 +9,7 @@ import jax
 import jax.numpy as jnp
 
 from funcnn.nn.core import Layer, describe, leaf
+from funcnn.ops import _args
 
 
 class BatchNormState(NamedTuple):
@@ -16,8 +17,15 @@ class BatchNormState(NamedTuple):
     var: jax.Array  # shape=(C,) running (unbiased) variance, same dtype
 
 
-def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, dtype=jnp.float32) -> Layer:
-    """Batch normalisation over `(N, C, H, W)` or `(N, C)`, per channel C.
+def BatchNorm(
+    *,
+    momentum: float = 0.1,
+    eps: float = 1e-5,
+    dtype=jnp.float32,
+    layout: str = "NCHW",
+) -> Layer:
+    """Batch normalisation over `(N, C, H, W)` or `(N, C)`, per channel C; with
+    layout="NHWC", over `(N, H, W, C)` (and still `(N, C)`).
 
     In training, normalises with the batch's statistics over N (and H, W) and
     returns the updated running statistics:
@@ -32,6 +40,8 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, dtype=jnp.float32) ->
     Under a data-parallel `jax.jit` the batch statistics are over the global batch.
     """
     label = "BatchNorm"
+    _args.check_layout(label, layout)
+    channels_last = layout == "NHWC"
     if not 0.0 <= momentum <= 1.0:
         raise ValueError(f"{label}: expected 0 <= momentum <= 1, got {momentum!r}.")
     if not eps > 0.0:
@@ -41,10 +51,10 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, dtype=jnp.float32) ->
         del key
         if not isinstance(input_shape, tuple) or len(input_shape) not in (2, 4):
             raise ValueError(
-                f"{label}: expected an input shape (N, C) or (N, C, H, W), got "
-                f"{input_shape!r}."
+                f"{label}: expected an input shape (N, C) or "
+                f"{_args.axes_text(layout)}, got {input_shape!r}."
             )
-        c = input_shape[1]
+        c = input_shape[-1 if channels_last else 1]
         params = {"scale": jnp.ones((c,), dtype), "bias": jnp.zeros((c,), dtype)}
         stats = jnp.promote_types(dtype, jnp.float32)
         state = BatchNormState(jnp.zeros((c,), stats), jnp.ones((c,), stats))
@@ -57,8 +67,12 @@ def BatchNorm(*, momentum: float = 0.1, eps: float = 1e-5, dtype=jnp.float32) ->
                 f"got {describe(state)}. Pass apply(params, state, x) in that order, "
                 "with the state that init returned for this model."
             )
-        axes = (0,) if x.ndim == 2 else (0, 2, 3)
-        bshape = (1, -1) + (1,) * (x.ndim - 2)
+        if x.ndim == 2:
+            axes, bshape = (0,), (1, -1)
+        elif channels_last:
+            axes, bshape = (0, 1, 2), (1, 1, 1, -1)
+        else:
+            axes, bshape = (0, 2, 3), (1, -1, 1, 1)
         # At least float32 for the statistics, float64 stays float64.
         x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
         if train:

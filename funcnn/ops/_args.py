@@ -13,6 +13,7 @@ import jax.numpy as jnp
 import numpy as np
 
 GRAD_MODES = ("custom", "autodiff")
+LAYOUTS = ("NCHW", "NHWC")
 
 Pair = tuple[int, int]
 Pads = tuple[tuple[int, int], tuple[int, int]]
@@ -29,6 +30,53 @@ def check_grad_mode(op: str, grad: Any) -> Any:
     from funcnn.ops import _ruled  # imported here: _ruled imports the op modules
 
     return _ruled.resolve(op, grad)
+
+
+def check_layout(op: str, layout: Any) -> str:
+    """ "NCHW" (channels first) or "NHWC" (channels last); anything else raises."""
+    if layout not in LAYOUTS:
+        raise ValueError(
+            f"{op}: expected layout to be one of {LAYOUTS}, got {layout!r}. "
+            'Use "NCHW" for (N, C, H, W) arrays or "NHWC" for (N, H, W, C).'
+        )
+    return layout
+
+
+def spatial_axes(layout: str) -> Pair:
+    """The (H, W) axes of a rank-4 array in `layout`."""
+    return (2, 3) if layout == "NCHW" else (1, 2)
+
+
+def channel_axis(layout: str) -> int:
+    return 1 if layout == "NCHW" else 3
+
+
+def axes_text(layout: str, channels: str = "C") -> str:
+    """The axes of a rank-4 array in words, e.g. "(N, H, W, C_in)"."""
+    if layout == "NCHW":
+        return f"(N, {channels}, H, W)"
+    return f"(N, H, W, {channels})"
+
+
+def nchw_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int, int, int]:
+    """A rank-4 shape in `layout` as (N, C, H, W)."""
+    if layout == "NCHW":
+        return shape[0], shape[1], shape[2], shape[3]
+    return shape[0], shape[3], shape[1], shape[2]
+
+
+def layout_shape(n: int, c: int, hw: Sequence[int], layout: str) -> tuple[int, ...]:
+    """The inverse of `nchw_shape`: (N, C, H, W) sizes as a shape in `layout`."""
+    return (n, c, *hw) if layout == "NCHW" else (n, *hw, c)
+
+
+def spatial_config(layout: str, per_axis: Sequence[Any], fill: Any) -> tuple:
+    """A rank-4 per-axis config (for lax.pad, slices, windows) with `per_axis[i]`
+    at the i-th spatial axis of `layout` and `fill` at the batch and channel axes."""
+    out = [fill] * 4
+    for axis, value in zip(spatial_axes(layout), per_axis):
+        out[axis] = value
+    return tuple(out)
 
 
 def pair(op: str, name: str, value: Any, *, minimum: int = 1) -> Pair:

@@ -20,6 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.ops import _args
 from funcnn.ops._rule import Rule, Window, _flatten
 from funcnn.ops._windows import WindowConfig
 from funcnn.ops.pool import avg_pool2d_reference
@@ -182,7 +183,8 @@ def _conv2d_ruled_bwd(cfg, res, g):
     dw = _checked(
         rule, "conv2d_weight_grad", rule.conv2d_weight_grad(x, g, cfg, w.shape), w
     )
-    db = jnp.sum(g, axis=(0, 2, 3)) if cfg.has_bias else None
+    c = _args.channel_axis(cfg.layout)
+    db = jnp.sum(g, axis=tuple(a for a in range(4) if a != c)) if cfg.has_bias else None
     return dx, dw, db, _zero_cotangent(rule)
 
 
@@ -261,7 +263,9 @@ def _avg_pool_ruled_fwd(x, rule, win):
 
 def _avg_pool_ruled_bwd(win, rule, g):
     dx = rule.avg_pool2d_input_grad(g, win)
-    like = jax.ShapeDtypeStruct(g.shape[:2] + tuple(win.cfg.in_hw), g.dtype)
+    n, c, _, _ = _args.nchw_shape(g.shape, win.cfg.layout)
+    shape = _args.layout_shape(n, c, win.cfg.in_hw, win.cfg.layout)
+    like = jax.ShapeDtypeStruct(shape, g.dtype)
     return _checked(rule, "avg_pool2d_input_grad", dx, like), _zero_cotangent(rule)
 
 

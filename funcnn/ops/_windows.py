@@ -12,6 +12,17 @@ S*S phase grids are then interleaved by one stack and reshape. Every output elem
 sums only the ceil(K/S)**2 taps that can reach it, with no interior padding. For
 non-overlapping windows (S == K) each phase holds exactly one tap, and the whole
 transpose is a single stack and reshape.
+
+A worked 1-D example: K=3, S=2, D=1. Tap offsets 0, 1, 2 split as 0 = 2*0 + 0,
+1 = 2*0 + 1, 2 = 2*1 + 0: phase 0 holds taps 0 and 2 (tap 2 shifted one block
+down), phase 1 holds tap 1. With output values a, b, c per tap 0, 1, 2 over two
+windows, phase 0 is [a0, a1 + c0, c1] and phase 1 is [b0, b1, 0]; interleaving the
+phases gives rows [a0, b0, a1 + c0, b1, c1, 0], the padded input's five rows and
+one row past them, which the final crop drops.
+
+Arrays are `(N, C, H, W)` or, with `layout="NHWC"` in the config, `(N, H, W, C)`;
+the slices and pads act on whichever axes are spatial, so channels-last data is
+never transposed.
 """
 
 from __future__ import annotations
@@ -34,6 +45,7 @@ class WindowConfig(NamedTuple):
     dilation: _args.Pair
     pads: _args.Pads  # low/high padding, ceil_mode's extra already added to high
     out_hw: _args.Pair
+    layout: str = "NCHW"
 
     @property
     def taps(self) -> Iterator[tuple[int, int]]:
@@ -45,21 +57,24 @@ class WindowConfig(NamedTuple):
 
 def pad_input(x, cfg: WindowConfig, value):
     """x `(N, C, H, W)` -> padded `(N, C, H + top + bottom, W + left + right)`."""
-    return lax.pad(
-        x,
-        jnp.asarray(value, x.dtype),
-        ((0, 0, 0), (0, 0, 0)) + tuple((lo, hi, 0) for lo, hi in cfg.pads),
+    config = _args.spatial_config(
+        cfg.layout, [(lo, hi, 0) for lo, hi in cfg.pads], (0, 0, 0)
     )
+    return lax.pad(x, jnp.asarray(value, x.dtype), config)
 
 
 def tap_slice(xp, cfg: WindowConfig, kh: int, kw: int):
     """The values under tap (kh, kw) of every window: `(N, C, OH, OW)`."""
     starts = (kh * cfg.dilation[0], kw * cfg.dilation[1])
-    limits = tuple(
-        starts[i] + (cfg.out_hw[i] - 1) * cfg.stride[i] + 1 for i in range(2)
-    )
+    limits = [starts[i] + (cfg.out_hw[i] - 1) * cfg.stride[i] + 1 for i in range(2)]
+    full = list(xp.shape)
+    for axis, limit in zip(_args.spatial_axes(cfg.layout), limits):
+        full[axis] = limit
     return lax.slice(
-        xp, (0, 0) + starts, xp.shape[:2] + limits, (1, 1) + tuple(cfg.stride)
+        xp,
+        _args.spatial_config(cfg.layout, starts, 0),
+        tuple(full),
+        _args.spatial_config(cfg.layout, cfg.stride, 1),
     )
 
 
@@ -67,15 +82,17 @@ def place_taps(parts: Iterable[tuple[tuple[int, int], object]], cfg: WindowConfi
     """Transpose of `tap_slice`, summed over taps, cropped to the unpadded input.
 
     Args:
-      parts: pairs ((kh, kw), values of shape `(N, C, OH, OW)`); each tap at most
-        once.
+      parts: pairs ((kh, kw), values of shape `(N, C, OH, OW)`, or `(N, OH, OW,
+        C)` in NHWC); each tap at most once.
 
     Returns:
-      Array of shape `(N, C, H, W)`: each value added at the input position its tap
-      read from; positions in the padding are dropped.
+      Array of shape `(N, C, H, W)` (or NHWC): each value added at the input
+      position its tap read from; positions in the padding are dropped.
     """
     parts = list(parts)
-    lead = parts[0][1].shape[:2]
+    layout = cfg.layout
+    h_axis, w_axis = _args.spatial_axes(layout)
+    shape = parts[0][1].shape
     dtype = parts[0][1].dtype
     stride, out_hw = cfg.stride, cfg.out_hw
     # Tap offset D*k = S*q + r: phase r, shift q block rows; span of block rows.
@@ -92,28 +109,36 @@ def place_taps(parts: Iterable[tuple[tuple[int, int], object]], cfg: WindowConfi
             part = lax.pad(
                 part,
                 jnp.zeros((), dtype),
-                (
+                _args.spatial_config(
+                    layout,
+                    [(qh, shifts[0] - qh, 0), (qw, shifts[1] - qw, 0)],
                     (0, 0, 0),
-                    (0, 0, 0),
-                    (qh, shifts[0] - qh, 0),
-                    (qw, shifts[1] - qw, 0),
                 ),
             )
         key = (rh, rw)
         phases[key] = part if key not in phases else phases[key] + part
-    zeros = jnp.zeros(lead + grid, dtype)
-    # (N, C, GH, SH, GW, SW): block row, phase row, block col, phase col.
+    grid_shape = list(shape)
+    grid_shape[h_axis], grid_shape[w_axis] = grid
+    zeros = jnp.zeros(grid_shape, dtype)
+    # NCHW: (N, C, GH, SH, GW, SW), NHWC: (N, GH, SH, GW, SW, C): block row, phase
+    # row, block col, phase col.
     blocks = jnp.stack(
         [
-            jnp.stack([phases.get((rh, rw), zeros) for rw in range(stride[1])], -1)
+            jnp.stack(
+                [phases.get((rh, rw), zeros) for rw in range(stride[1])], w_axis + 1
+            )
             for rh in range(stride[0])
         ],
-        3,
+        h_axis + 1,
     )
-    padded = blocks.reshape(lead + (grid[0] * stride[0], grid[1] * stride[1]))
+    grid_shape[h_axis] = grid[0] * stride[0]
+    grid_shape[w_axis] = grid[1] * stride[1]
+    padded = blocks.reshape(grid_shape)
     # Negative pads crop: the low padding, and whatever lies past the input.
-    config = [(0, 0, 0), (0, 0, 0)]
-    for i in range(2):
+    crops = []
+    for i, axis in enumerate((h_axis, w_axis)):
         lo = cfg.pads[i][0]
-        config.append((-lo, cfg.in_hw[i] + lo - padded.shape[2 + i], 0))
-    return lax.pad(padded, jnp.zeros((), dtype), tuple(config))
+        crops.append((-lo, cfg.in_hw[i] + lo - padded.shape[axis], 0))
+    return lax.pad(
+        padded, jnp.zeros((), dtype), _args.spatial_config(layout, crops, (0, 0, 0))
+    )

@@ -12,6 +12,10 @@ gathers the KH*KW shifted views of the input once ("im2col" patches) and does on
 matrix product; the backward reuses the saved patches, so the weight gradient (the
 input correlated with the deltas) is one more matrix product. On XLA:CPU a direct
 convolution over 1-3 input channels runs far below matrix-product speed.
+
+Both layouts run natively: `layout="NHWC"` gives XLA channels-last dimension numbers
+in the forward and in both gradient convolutions, with the filters OIHW in either
+layout (so parameters carry over between layouts).
 """
 
 from __future__ import annotations
@@ -25,12 +29,19 @@ from jax import lax
 
 from funcnn.ops import _args
 
-_NCHW = ("NCHW", "OIHW", "NCHW")
+# Activations in the layout, filters OIHW in both.
+_DIMS = {"NCHW": ("NCHW", "OIHW", "NCHW"), "NHWC": ("NHWC", "OIHW", "NHWC")}
 # Weight gradient as a convolution whose "batch" is the input channel and whose
-# contracted feature is the example index: arrays stay NCHW, no transposes.
-_DW_DIMS = lax.ConvDimensionNumbers(
-    lhs_spec=(1, 0, 2, 3), rhs_spec=(1, 0, 2, 3), out_spec=(1, 0, 2, 3)
-)
+# contracted feature is the example index: the arrays keep their layout, and the
+# result comes out OIHW, with no transposes written here.
+_DW_DIMS = {
+    "NCHW": lax.ConvDimensionNumbers(
+        lhs_spec=(1, 0, 2, 3), rhs_spec=(1, 0, 2, 3), out_spec=(1, 0, 2, 3)
+    ),
+    "NHWC": lax.ConvDimensionNumbers(
+        lhs_spec=(3, 0, 1, 2), rhs_spec=(3, 0, 1, 2), out_spec=(1, 0, 2, 3)
+    ),
+}
 
 
 # Largest C_in * KH * KW that takes the patches formulation (see the module doc).
@@ -45,13 +56,26 @@ class ConvConfig(NamedTuple):
     dilation: _args.Pair
     groups: int
     has_bias: bool
+    layout: str = "NCHW"  # of x and y; filters are OIHW in both layouts
 
 
-def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="custom"):
+def conv2d(
+    x,
+    w,
+    b=None,
+    *,
+    stride=1,
+    padding=0,
+    dilation=1,
+    groups=1,
+    layout="NCHW",
+    grad="custom",
+):
     """2-D cross-correlation (PyTorch's and the CNN texts' "convolution").
 
     Args:
-      x: input of shape `(N, C_in, H, W)`.
+      x: input of shape `(N, C_in, H, W)`, or `(N, H, W, C_in)` with
+        layout="NHWC".
       w: filters of shape `(C_out, C_in // groups, KH, KW)`.
       b: bias of shape `(C_out,)`, or None.
       stride: int or pair `(SH, SW)`.
@@ -60,6 +84,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
         "VALID". Zero padding.
       dilation: int or pair `(DH, DW)`: spacing between filter taps.
       groups: number of channel groups; must divide C_in and C_out.
+      layout: "NCHW" or "NHWC", of x and the output; w is OIHW in both.
       grad: "custom" for the hand-written backward rule, "autodiff" for jax.grad of
         the plain-lax forward, or a backward rule (a name or a value, see
         `funcnn.rules`), e.g. "feedback_alignment". Forward values agree to
@@ -67,7 +92,7 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
         doc) sums in another order.
 
     Returns:
-      Output of shape `(N, C_out, OH, OW)` with
+      Output of shape `(N, C_out, OH, OW)` (`(N, OH, OW, C_out)` in NHWC) with
       `OH = floor((H + top + bottom - DH*(KH-1) - 1) / SH) + 1`, likewise OW.
 
     Raises:
@@ -76,8 +101,10 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
     op = "conv2d"
     x, w, b = _args.as_jax(x), _args.as_jax(w), _args.as_jax(b)
     grad = _args.check_grad_mode(op, grad)
-    xs = _args.check_rank4(op, "x", x, "(N, C_in, H, W)")
+    layout = _args.check_layout(op, layout)
+    xs = _args.check_rank4(op, "x", x, _args.axes_text(layout, "C_in"))
     ws = _args.check_rank4(op, "w", w, "(C_out, C_in // groups, KH, KW)")
+    _, c_in, h, wd = _args.nchw_shape(xs, layout)
     _args.check_float(op, "x", x)
     if w.dtype != x.dtype:
         raise TypeError(
@@ -86,15 +113,15 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
         )
     if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
         raise ValueError(f"{op}: expected groups to be a positive int, got {groups!r}.")
-    if xs[1] % groups or ws[0] % groups:
+    if c_in % groups or ws[0] % groups:
         raise ValueError(
-            f"{op}: expected groups (={groups}) to divide both C_in (={xs[1]}) and "
+            f"{op}: expected groups (={groups}) to divide both C_in (={c_in}) and "
             f"C_out (={ws[0]})."
         )
-    if ws[1] * groups != xs[1]:
+    if ws[1] * groups != c_in:
         raise ValueError(
-            f"{op}: expected w.shape[1] == C_in // groups = {xs[1]} // {groups} = "
-            f"{xs[1] // groups}, got w of shape {ws} for x of shape {xs}. The input "
+            f"{op}: expected w.shape[1] == C_in // groups = {c_in} // {groups} = "
+            f"{c_in // groups}, got w of shape {ws} for x of shape {xs}. The input "
             "channels of x and w do not match."
         )
     if b is not None:
@@ -110,12 +137,12 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
     stride_ = _args.pair(op, "stride", stride)
     dilation_ = _args.pair(op, "dilation", dilation)
     eff = _args.effective_window((ws[2], ws[3]), dilation_)
-    pads = _args.padding(op, padding, (xs[2], xs[3]), eff, stride_)
+    pads = _args.padding(op, padding, (h, wd), eff, stride_)
     out_hw = tuple(
-        _args.out_size(op, xs[2 + i], pads[i], eff[i], stride_[i], axis=axis)[0]
+        _args.out_size(op, (h, wd)[i], pads[i], eff[i], stride_[i], axis=axis)[0]
         for i, axis in enumerate("HW")
     )
-    cfg = ConvConfig(stride_, pads, dilation_, groups, b is not None)
+    cfg = ConvConfig(stride_, pads, dilation_, groups, b is not None, layout)
     if grad == "autodiff":
         return conv2d_reference(x, w, b, cfg)
     if not isinstance(grad, str):  # a rule value (funcnn.rules)
@@ -131,7 +158,8 @@ def conv2d(x, w, b=None, *, stride=1, padding=0, dilation=1, groups=1, grad="cus
 def conv2d_reference(x, w, b, cfg: ConvConfig):
     """Plain-lax forward: the autodiff path and the oracle for the custom rule.
 
-    Shapes as in `conv2d`; `cfg` holds normalised arguments.
+    Shapes as in `conv2d`; `cfg` holds normalised arguments. A negative pad crops
+    (conv_transpose2d's output_padding can make one).
     """
     y = lax.conv_general_dilated(
         x,
@@ -139,12 +167,22 @@ def conv2d_reference(x, w, b, cfg: ConvConfig):
         window_strides=cfg.stride,
         padding=cfg.pads,
         rhs_dilation=cfg.dilation,
-        dimension_numbers=_NCHW,
+        dimension_numbers=_DIMS[cfg.layout],
         feature_group_count=cfg.groups,
     )
     if cfg.has_bias:
-        y = y + b[None, :, None, None]
+        y = y + _bias(b, cfg.layout)
     return y
+
+
+def _bias(b, layout: str):
+    """b `(C,)` shaped to broadcast over a rank-4 array in `layout`."""
+    return b[None, :, None, None] if layout == "NCHW" else b
+
+
+def bias_grad(g, layout: str):
+    """db `(C,)`: the deltas `g` summed over batch and space."""
+    return jnp.sum(g, axis=(0, *_args.spatial_axes(layout)))
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -159,32 +197,46 @@ def _conv2d_fwd(x, w, b, cfg):
 
 
 def _conv2d_bwd(cfg, res, g):
-    """g: output deltas of shape `(N, C_out, OH, OW)`."""
+    """g: output deltas of shape `(N, C_out, OH, OW)` (or NHWC)."""
     x, w = res
     dx = conv2d_input_grad(g, w, cfg, x.shape)
     dw = conv2d_weight_grad(x, g, cfg, w.shape)
-    db = jnp.sum(g, axis=(0, 2, 3)) if cfg.has_bias else None
+    db = bias_grad(g, cfg.layout) if cfg.has_bias else None
     return dx, dw, db
 
 
+def _hw(shape, layout: str) -> tuple[int, int]:
+    h, w = _args.spatial_axes(layout)
+    return shape[h], shape[w]
+
+
 def _remainders(in_hw, out_hw, cfg: ConvConfig, eff):
-    """Rows/cols of padded input past the last window, per axis (always < stride)."""
+    """Rows/cols of padded input past the last window, per axis (< stride for
+    conv2d's own configs; conv_transpose2d's output_padding may add more)."""
     return tuple(
         in_hw[i] + sum(cfg.pads[i]) - eff[i] - (out_hw[i] - 1) * cfg.stride[i]
         for i in range(2)
     )
 
 
+def _pad_spatial(x, layout: str, per_axis):
+    """lax.pad of the spatial axes by `per_axis` (lo, hi, interior) triples."""
+    config = _args.spatial_config(layout, per_axis, (0, 0, 0))
+    return lax.pad(x, jnp.zeros((), x.dtype), config)
+
+
 def conv2d_input_grad(g, w, cfg: ConvConfig, x_shape):
     """dX: the stride-dilated deltas `g` `(N, C_out, OH, OW)` fully correlated with
     the 180-degree-rotated filters `w` `(C_out, C_in // G, KH, KW)`.
 
-    Returns dX of shape `x_shape` = `(N, C_in, H, W)`.
+    Returns dX of shape `x_shape` = `(N, C_in, H, W)`. With cfg.layout "NHWC", g is
+    `(N, OH, OW, C_out)` and x_shape `(N, H, W, C_in)`; w is OIHW either way.
     """
     G = cfg.groups
     c_out, c_in_g, kh, kw = w.shape
     eff = _args.effective_window((kh, kw), cfg.dilation)
-    rem = _remainders(x_shape[2:], g.shape[2:], cfg, eff)
+    g_hw = _hw(g.shape, cfg.layout)
+    rem = _remainders(_hw(x_shape, cfg.layout), g_hw, cfg, eff)
     # Swap in/out channels within each group and rotate by 180 degrees.
     wt = w.reshape(G, c_out // G, c_in_g, kh, kw).transpose(0, 2, 1, 3, 4)
     wt = wt.reshape(G * c_in_g, c_out // G, kh, kw)[:, :, ::-1, ::-1]
@@ -194,48 +246,48 @@ def conv2d_input_grad(g, w, cfg: ConvConfig, x_shape):
     )
     lhs_dilation = cfg.stride
     tiny = cfg.stride != (1, 1) and (
-        g.shape[2] * g.shape[3] < kh * kw or g.shape[2] < kh or g.shape[3] < kw
+        g_hw[0] * g_hw[1] < kh * kw or g_hw[0] < kh or g_hw[1] < kw
     )
+    layout = cfg.layout
     if tiny or min(min(p) for p in pads) < 0:
         # Dilate and pad g explicitly when padding is wider than the filter
         # (negative conv padding) or when the deltas are smaller than the filter:
         # XLA:CPU then swaps the conv operands and aborts on the base dilation
-        # (the case where jax.grad of lax.conv_general_dilated crashes).
-        g = lax.pad(
-            g,
-            jnp.zeros((), g.dtype),
-            ((0, 0, 0), (0, 0, 0))
-            + tuple((p[0], p[1], s - 1) for p, s in zip(pads, cfg.stride)),
+        # (the case where jax.grad of lax.conv_general_dilated crashes). In NHWC
+        # it folds the explicit pad back into the conv and aborts all the same,
+        # so these small convolutions run channels-first.
+        if layout == "NHWC":
+            g, layout = jnp.transpose(g, (0, 3, 1, 2)), "NCHW"
+        g = _pad_spatial(
+            g, layout, [(p[0], p[1], s - 1) for p, s in zip(pads, cfg.stride)]
         )
         pads, lhs_dilation = ((0, 0), (0, 0)), (1, 1)
-    return lax.conv_general_dilated(
+    dx = lax.conv_general_dilated(
         g,
         wt,
         window_strides=(1, 1),
         padding=pads,
         lhs_dilation=lhs_dilation,
         rhs_dilation=cfg.dilation,
-        dimension_numbers=_NCHW,
+        dimension_numbers=_DIMS[layout],
         feature_group_count=G,
     )
+    return dx if layout == cfg.layout else jnp.transpose(dx, (0, 2, 3, 1))
 
 
 def conv2d_weight_grad(x, g, cfg: ConvConfig, w_shape):
     """dW: the input `x` `(N, C_in, H, W)` correlated with the deltas `g`
     `(N, C_out, OH, OW)`; the deltas act as a filter dilated by the stride.
 
-    Returns dW of shape `w_shape` = `(C_out, C_in // G, KH, KW)`.
+    Returns dW of shape `w_shape` = `(C_out, C_in // G, KH, KW)`, OIHW in both
+    layouts (with cfg.layout "NHWC", x and g are channels-last).
     """
     eff = _args.effective_window(w_shape[2:], cfg.dilation)
-    rem = _remainders(x.shape[2:], g.shape[2:], cfg, eff)
+    rem = _remainders(_hw(x.shape, cfg.layout), _hw(g.shape, cfg.layout), cfg, eff)
     # Drop the rows/cols that no window reached, so the result is exactly KH x KW.
     pads = tuple((cfg.pads[i][0], cfg.pads[i][1] - rem[i]) for i in range(2))
     if min(min(p) for p in pads) < 0:
-        x = lax.pad(
-            x,
-            jnp.zeros((), x.dtype),
-            ((0, 0, 0), (0, 0, 0)) + tuple((p[0], p[1], 0) for p in pads),
-        )
+        x = _pad_spatial(x, cfg.layout, [(p[0], p[1], 0) for p in pads])
         pads = ((0, 0), (0, 0))
     return lax.conv_general_dilated(
         x,
@@ -243,7 +295,7 @@ def conv2d_weight_grad(x, g, cfg: ConvConfig, w_shape):
         window_strides=cfg.dilation,
         padding=pads,
         rhs_dilation=cfg.stride,
-        dimension_numbers=_DW_DIMS,
+        dimension_numbers=_DW_DIMS[cfg.layout],
         batch_group_count=cfg.groups,
     )
 
@@ -256,7 +308,8 @@ _conv2d_custom.defvjp(_conv2d_fwd, _conv2d_bwd)
 
 class PatchGeometry(NamedTuple):
     """Static shapes of one patches-formulation call: the config, the shapes of
-    x `(N, C_in, H, W)` and w `(C_out, C_in, KH, KW)`, and the output's `(OH, OW)`."""
+    x `(N, C_in, H, W)` (or NHWC, as conv.layout says) and w `(C_out, C_in, KH,
+    KW)`, and the output's `(OH, OW)`."""
 
     conv: ConvConfig
     x_shape: tuple[int, int, int, int]
@@ -268,19 +321,21 @@ def conv2d_patches(x, geom: PatchGeometry):
     """im2col: the input under every filter tap, one row per output position.
 
     Args:
-      x: input `(N, C_in, H, W)`.
+      x: input `(N, C_in, H, W)`, or `(N, H, W, C_in)` in NHWC.
     Returns:
       patches `(N * OH * OW, C_in * KH * KW)`; row `(n, oh, ow)` holds the padded
       input under the window of output `(n, :, oh, ow)`, columns ordered
       `(c, kh, kw)` like `w.reshape(C_out, -1)`.
     """
-    n, c, _, _ = geom.x_shape
+    n, c, _, _ = _args.nchw_shape(geom.x_shape, geom.conv.layout)
     _, _, kh, kw = geom.w_shape
     (sh, sw), (dh, dw) = geom.conv.stride, geom.conv.dilation
     oh, ow = geom.out_hw
     pads = ((0, 0, 0),) + tuple((lo, hi, 0) for lo, hi in geom.conv.pads) + ((0, 0, 0),)
     # Channels last: each output position's window (C_in x taps) is one row.
-    xp = lax.pad(jnp.transpose(x, (0, 2, 3, 1)), jnp.zeros((), x.dtype), pads)
+    if geom.conv.layout == "NCHW":
+        x = jnp.transpose(x, (0, 2, 3, 1))
+    xp = lax.pad(x, jnp.zeros((), x.dtype), pads)
     taps = [
         lax.slice(
             xp,
@@ -299,8 +354,10 @@ def _patches_forward(x, w, b, geom: PatchGeometry):
     y = patches @ w.reshape(w.shape[0], -1).T  # (N*OH*OW, C_out)
     if geom.conv.has_bias:
         y = y + b
-    n, oh, ow = geom.x_shape[0], *geom.out_hw
-    return y.reshape(n, oh, ow, w.shape[0]).transpose(0, 3, 1, 2), patches
+    y = y.reshape(geom.x_shape[0], *geom.out_hw, w.shape[0])
+    if geom.conv.layout == "NCHW":
+        y = y.transpose(0, 3, 1, 2)
+    return y, patches
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(3,))
@@ -316,9 +373,10 @@ def _conv2d_patches_fwd(x, w, b, geom):
 
 
 def _conv2d_patches_bwd(geom, res, g):
-    """g: output deltas `(N, C_out, OH, OW)`."""
+    """g: output deltas `(N, C_out, OH, OW)` (or NHWC)."""
     patches, w = res
-    g_rows = jnp.transpose(g, (0, 2, 3, 1)).reshape(-1, w.shape[0])  # (N*OH*OW, C_out)
+    g_last = jnp.transpose(g, (0, 2, 3, 1)) if geom.conv.layout == "NCHW" else g
+    g_rows = g_last.reshape(-1, w.shape[0])  # (N*OH*OW, C_out)
     # dW: the input (as patches) correlated with the deltas, as one matrix product.
     dw = (g_rows.T @ patches).reshape(w.shape)
     dx = conv2d_input_grad(g, w, geom.conv, geom.x_shape)

@@ -18,34 +18,39 @@ from funcnn.ops import _args
 from funcnn.ops._windows import WindowConfig, pad_input, place_taps, tap_slice
 
 
-def _window_config(op, x, window, stride, padding, dilation, ceil_mode):
-    shape = _args.check_rank4(op, "x", x, "(N, C, H, W)")
+def _window_config(op, x, window, stride, padding, dilation, ceil_mode, layout="NCHW"):
+    layout = _args.check_layout(op, layout)
+    shape = _args.check_rank4(op, "x", x, _args.axes_text(layout))
     _args.check_float(op, "x", x)
+    _, _, h, w = _args.nchw_shape(shape, layout)
     window_ = _args.pair(op, "window", window)
     stride_ = window_ if stride is None else _args.pair(op, "stride", stride)
     dilation_ = _args.pair(op, "dilation", dilation)
     if not isinstance(ceil_mode, bool):
         raise TypeError(f"{op}: expected ceil_mode to be a bool, got {ceil_mode!r}.")
     eff = _args.effective_window(window_, dilation_)
-    pads = _args.padding(op, padding, shape[2:], eff, stride_)
+    pads = _args.padding(op, padding, (h, w), eff, stride_)
     for i, axis in enumerate("HW"):
+        # PyTorch's bound (it halves the undilated window): it keeps an undilated
+        # window from lying wholly in the padding. A dilated one still can, when
+        # its taps straddle a short input; see max_pool2d.
         if max(pads[i]) > eff[i] // 2:
             raise ValueError(
                 f"{op}: expected padding along {axis} at most half the effective "
-                f"window ({eff[i]} // 2 = {eff[i] // 2}), got {pads[i]}. A window "
-                "that can lie wholly in the padding has no input to pool."
+                f"window ({eff[i]} // 2 = {eff[i] // 2}), got {pads[i]}. Use less "
+                "padding, or pad x yourself (jnp.pad) for a wider border."
             )
     out, extra = zip(
         *(
             _args.out_size(
-                op, shape[2 + i], pads[i], eff[i], stride_[i], ceil_mode, axis="HW"[i]
+                op, (h, w)[i], pads[i], eff[i], stride_[i], ceil_mode, axis="HW"[i]
             )
             for i in range(2)
         )
     )
     full_pads = tuple((lo, hi + e) for (lo, hi), e in zip(pads, extra))
     return WindowConfig(
-        tuple(shape[2:]), window_, stride_, dilation_, full_pads, tuple(out)
+        (h, w), window_, stride_, dilation_, full_pads, tuple(out), layout
     ), pads
 
 
@@ -55,24 +60,59 @@ def _index_dtype(cfg: WindowConfig):
     return jnp.int8 if taps <= 127 else jnp.int16 if taps <= 32767 else jnp.int32
 
 
+def _window_rows(cfg: WindowConfig, axis: int):
+    """Input rows (axis 0) or columns (axis 1) under each tap of each window,
+    `(O, K)`, in unpadded coordinates (negative or >= size in the padding)."""
+    o = np.arange(cfg.out_hw[axis])[:, None] * cfg.stride[axis]
+    k = np.arange(cfg.window[axis])[None, :] * cfg.dilation[axis]
+    return o + k - cfg.pads[axis][0]
+
+
+def empty_windows(cfg: WindowConfig) -> list[str]:
+    """The axes ("H", "W") along which some window has no tap on the input."""
+    found = []
+    for axis, name in enumerate("HW"):
+        rows = _window_rows(cfg, axis)
+        inside = (rows >= 0) & (rows < cfg.in_hw[axis])
+        if not inside.any(axis=1).all():
+            found.append(name)
+    return found
+
+
 # --------------------------------------------------------------------------- max
 
 
 def max_pool2d(
-    x, window, *, stride=None, padding=0, dilation=1, ceil_mode=False, grad="custom"
+    x,
+    window,
+    *,
+    stride=None,
+    padding=0,
+    dilation=1,
+    ceil_mode=False,
+    return_indices=False,
+    layout="NCHW",
+    grad="custom",
 ):
     """2-D max pooling.
 
     Args:
-      x: input of shape `(N, C, H, W)`.
+      x: input of shape `(N, C, H, W)`, or `(N, H, W, C)` with layout="NHWC".
       window: int or pair `(KH, KW)`.
       stride: int or pair; None means stride = window.
       padding: int, pair, pair of pairs `((top, bottom), (left, right))`, "SAME" or
         "VALID". Padding is -inf, and each side is at most half the effective window.
-        Asymmetric padding and "SAME" go beyond what PyTorch accepts.
+        Asymmetric padding and "SAME" go beyond what PyTorch accepts. With dilation,
+        a window's taps can still all fall in the padding (they straddle a short
+        input): that output is -inf and passes no gradient.
       dilation: int or pair: spacing between window taps.
       ceil_mode: round the output size up, as PyTorch does (a last window that would
         start in the high padding is dropped).
+      return_indices: also return where each maximum came from, as PyTorch's flat
+        indices `row * W + col` into the unpadded `(H, W)` plane of its (n, c), in
+        int32; `max_unpool2d` takes them. Raises if a window lies wholly in the
+        padding (it has no input position to point at).
+      layout: "NCHW" or "NHWC", of x, the output and the indices.
       grad: "custom" (hand-written rule), "autodiff" (jax.grad of the plain-lax
         forward) or a backward rule (`funcnn.rules`); feedback alignment and sign
         symmetry keep the exact rule here. JAX cannot differentiate a dilated max
@@ -80,36 +120,65 @@ def max_pool2d(
         and a first-argmax gather.
 
     Returns:
-      Output of shape `(N, C, OH, OW)`,
-      `OH = floor((H + top + bottom - DH*(KH-1) - 1) / SH) + 1` (ceil with ceil_mode).
+      Output of shape `(N, C, OH, OW)` (or NHWC),
+      `OH = floor((H + top + bottom - DH*(KH-1) - 1) / SH) + 1` (ceil with ceil_mode);
+      with return_indices, the pair `(output, indices)` of that shape each. On ties
+      the first maximum in row-major window order wins, in the value's gradient
+      and in the indices.
     """
     op = "max_pool2d"
     x = _args.as_jax(x)
     grad = _args.check_grad_mode(op, grad)
-    cfg, _ = _window_config(op, x, window, stride, padding, dilation, ceil_mode)
-    if not isinstance(grad, str):  # a rule value that reroutes the deltas
-        from funcnn.ops import _ruled  # _ruled imports this module
+    if not isinstance(return_indices, bool):
+        raise TypeError(
+            f"{op}: expected return_indices to be a bool, got {return_indices!r}."
+        )
+    cfg, _ = _window_config(op, x, window, stride, padding, dilation, ceil_mode, layout)
+    if not return_indices:
+        if not isinstance(grad, str):  # a rule value that reroutes the deltas
+            from funcnn.ops import _ruled  # _ruled imports this module
 
-        return _ruled.max_pool2d(x, grad, cfg)
+            return _ruled.max_pool2d(x, grad, cfg)
+        if grad == "custom":
+            return _max_pool_custom(x, cfg)
+        return max_pool2d_reference(x, cfg)
+    empty = empty_windows(cfg)
+    if empty:
+        raise ValueError(
+            f"{op}: expected every window to reach the input with return_indices="
+            f"True, got a window along {empty[0]} whose dilated taps all fall in the "
+            "padding. Use less padding or dilation."
+        )
+    if not isinstance(grad, str):
+        from funcnn.ops import _ruled
+
+        y = _ruled.max_pool2d(x, grad, cfg)
+        index = lax.stop_gradient(_max_pool_argmax(lax.stop_gradient(x), cfg)[1])
+        return y, flat_indices(index, cfg)
     if grad == "custom":
-        return _max_pool_custom(x, cfg)
-    return max_pool2d_reference(x, cfg)
+        y, index = _max_pool_indexed_custom(x, cfg)
+    else:
+        y = max_pool2d_reference(x, cfg)
+        index = lax.stop_gradient(_max_pool_argmax(lax.stop_gradient(x), cfg)[1])
+    return y, flat_indices(index, cfg)
+
+
+def flat_indices(index, cfg: WindowConfig):
+    """Winning tap per window `(N, C, OH, OW)` -> PyTorch's flat input index
+    `row * W + col`, int32, same shape (or both NHWC)."""
+    h_axis, w_axis = _args.spatial_axes(cfg.layout)
+    k = index.astype(jnp.int32)
+    rows = lax.broadcasted_iota(jnp.int32, index.shape, h_axis) * cfg.stride[0]
+    cols = lax.broadcasted_iota(jnp.int32, index.shape, w_axis) * cfg.stride[1]
+    rows = rows + (k // cfg.window[1]) * cfg.dilation[0] - cfg.pads[0][0]
+    cols = cols + (k % cfg.window[1]) * cfg.dilation[1] - cfg.pads[1][0]
+    return rows * cfg.in_hw[1] + cols
 
 
 def max_pool2d_reference(x, cfg: WindowConfig):
     """Plain-lax forward, `(N, C, H, W)` -> `(N, C, OH, OW)`: the autodiff oracle."""
     if cfg.dilation == (1, 1):
-        # The init value must be a concrete numpy scalar: under jit, jnp.asarray
-        # gives a tracer, and lax.reduce_window then falls back to its generic
-        # (non-differentiable) form instead of reduce_window_max.
-        return lax.reduce_window(
-            pad_input(x, cfg, -jnp.inf),
-            np.asarray(-np.inf, x.dtype),
-            lax.max,
-            (1, 1) + cfg.window,
-            (1, 1) + cfg.stride,
-            "VALID",
-        )
+        return _reduce_max(x, cfg)
     # JAX has no VJP for a dilated reduce_window max; gathering the first maximum
     # from the stacked taps gives the same values and a gradient JAX can derive.
     xp = pad_input(x, cfg, -jnp.inf)
@@ -118,26 +187,91 @@ def max_pool2d_reference(x, cfg: WindowConfig):
     return jnp.take_along_axis(taps, first, axis=-1)[..., 0]
 
 
+def _reduce_max(x, cfg: WindowConfig):
+    """The window maxima by XLA's reduce_window (NaN-propagating), any dilation."""
+    # The init value must be a concrete numpy scalar: under jit, jnp.asarray
+    # gives a tracer, and lax.reduce_window then falls back to its generic
+    # (non-differentiable) form instead of reduce_window_max.
+    return lax.reduce_window(
+        pad_input(x, cfg, -jnp.inf),
+        np.asarray(-np.inf, x.dtype),
+        lax.max,
+        _args.spatial_config(cfg.layout, cfg.window, 1),
+        _args.spatial_config(cfg.layout, cfg.stride, 1),
+        "VALID",
+        window_dilation=_args.spatial_config(cfg.layout, cfg.dilation, 1),
+    )
+
+
 def _max_pool_argmax(x, cfg: WindowConfig):
-    """Max and winning tap index (first maximum, row-major), both `(N, C, OH, OW)`."""
+    """Max and winning tap index (first maximum, row-major), both `(N, C, OH, OW)`.
+
+    The maxima come from reduce_window; the index is then the first tap equal to
+    its window's maximum. Where a window holds a NaN its maximum is NaN and the last
+    NaN wins, as in PyTorch (NaNs propagate forward and their delta goes to the
+    NaN).
+    """
+    dilated = cfg.dilation != (1, 1)
+    y = _reduce_max(lax.stop_gradient(x) if dilated else x, cfg)
     xp = pad_input(x, cfg, -jnp.inf)
-    best, index = None, None
-    for k, (kh, kw) in enumerate(cfg.taps):
-        val = tap_slice(xp, cfg, kh, kw)
-        if best is None:
-            best, index = val, jnp.zeros(val.shape, _index_dtype(cfg))
-            continue
-        # Strictly greater keeps the first maximum on ties; a NaN wins, as in
-        # PyTorch, so NaNs propagate forward and their delta goes to the NaN.
-        wins = (val > best) | (val != val)
-        best = jnp.where(wins, val, best)
-        index = jnp.where(wins, jnp.asarray(k, index.dtype), index)
-    return best, index
+    taps = [tap_slice(xp, cfg, kh, kw) for kh, kw in cfg.taps]
+    dtype = _index_dtype(cfg)
+    index = jnp.zeros(y.shape, dtype)
+    for k in reversed(range(len(taps))):  # the earliest equal tap is written last
+        hit = taps[k] == y
+        on_input = _tap_on_input(cfg, k)
+        if on_input is not None:  # -inf padding never wins over a -inf input
+            hit = hit & on_input
+        index = jnp.where(hit, jnp.asarray(k, dtype), index)
+    for k, tap in enumerate(taps):  # only windows that hold a NaN change here
+        index = jnp.where(tap != tap, jnp.asarray(k, dtype), index)
+    index = _materialised(index)
+    if dilated:
+        # JAX cannot differentiate a dilated reduce_window max, and second order
+        # differentiates this forward: take the winners' values instead.
+        for k, tap in enumerate(taps):
+            y = tap if k == 0 else jnp.where(index == k, tap, y)
+    return y, index
+
+
+def _tap_on_input(cfg: WindowConfig, k: int):
+    """Static mask, broadcastable to `(N, C, OH, OW)`: whether tap k of each window
+    lies on the input; None when no tap of any window touches the padding."""
+    if cfg.pads == ((0, 0), (0, 0)):
+        return None
+    rows = _window_rows(cfg, 0)[:, k // cfg.window[1]]
+    cols = _window_rows(cfg, 1)[:, k % cfg.window[1]]
+    inside = np.outer(
+        (rows >= 0) & (rows < cfg.in_hw[0]), (cols >= 0) & (cols < cfg.in_hw[1])
+    )
+    if inside.all():
+        return None
+    h_axis, w_axis = _args.spatial_axes(cfg.layout)
+    shape = [1, 1, 1, 1]
+    shape[h_axis], shape[w_axis] = inside.shape
+    return jnp.asarray(inside.reshape(shape))
+
+
+def _materialised(index):
+    """`index`, unchanged, in a form XLA computes once.
+
+    When forward and backward compile together (one jit of a train step), XLA:CPU
+    fuses the index's computation, a scan over every tap of the window, into each
+    of the KH*KW masks of the backward, so each input position redoes the scan
+    for every tap that reaches it: a 3x3/2 pool's fwd+bwd ran over twice as long
+    as the two apart. XLA's fusion keeps an integer division by a value it cannot
+    prove constant out of its consumers (it counts as expensive), so the index is
+    written once and read by the masks. The divisor is always 1: the sign bit of
+    a non-negative index.
+    """
+    bits = jnp.iinfo(index.dtype).bits
+    one = 1 + lax.shift_right_logical(index, jnp.asarray(bits - 1, index.dtype))
+    return lax.div(index, one)
 
 
 @partial(jax.custom_vjp, nondiff_argnums=(1,))
 def _max_pool_custom(x, cfg):
-    return _max_pool_argmax(x, cfg)[0]
+    return _reduce_max(x, cfg)
 
 
 def _max_pool_fwd(x, cfg):
@@ -160,6 +294,25 @@ def _max_pool_bwd(cfg, index, g):
 _max_pool_custom.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
+@partial(jax.custom_vjp, nondiff_argnums=(1,))
+def _max_pool_indexed_custom(x, cfg):
+    return _max_pool_argmax(x, cfg)
+
+
+def _max_pool_indexed_fwd(x, cfg):
+    # As _max_pool_fwd; the index is also an output (with no gradient of its own).
+    y, index = _max_pool_argmax(x, cfg)
+    return (y, index), index
+
+
+def _max_pool_indexed_bwd(cfg, index, cotangents):
+    g, _ = cotangents  # the integer index output has no cotangent to pass on
+    return _max_pool_bwd(cfg, index, g)
+
+
+_max_pool_indexed_custom.defvjp(_max_pool_indexed_fwd, _max_pool_indexed_bwd)
+
+
 # -------------------------------------------------------------------------- mean
 
 
@@ -171,12 +324,13 @@ def avg_pool2d(
     padding=0,
     ceil_mode=False,
     count_include_pad=True,
+    layout="NCHW",
     grad="custom",
 ):
     """2-D mean pooling.
 
     Args:
-      x: input of shape `(N, C, H, W)`.
+      x: input of shape `(N, C, H, W)`, or `(N, H, W, C)` with layout="NHWC".
       window: int or pair `(KH, KW)`.
       stride: int or pair; None means stride = window.
       padding: int, pair, pair of pairs `((top, bottom), (left, right))`, "SAME" or
@@ -186,12 +340,13 @@ def avg_pool2d(
       count_include_pad: divide by the window's size including explicit padding
         (but never the extra rows ceil_mode adds), else by the number of input
         positions in the window. Applies to "SAME" padding too.
+      layout: "NCHW" or "NHWC", of x and the output.
       grad: "custom" (hand-written rule), "autodiff" (jax.grad of the plain-lax
         forward) or a backward rule (`funcnn.rules`); feedback alignment and sign
         symmetry keep the exact rule here.
 
     Returns:
-      Output of shape `(N, C, OH, OW)`,
+      Output of shape `(N, C, OH, OW)` (or NHWC),
       `OH = floor((H + top + bottom - KH) / SH) + 1` (ceil with ceil_mode).
     """
     op = "avg_pool2d"
@@ -201,7 +356,7 @@ def avg_pool2d(
         raise TypeError(
             f"{op}: expected count_include_pad to be a bool, got {count_include_pad!r}."
         )
-    cfg, pads = _window_config(op, x, window, stride, padding, 1, ceil_mode)
+    cfg, pads = _window_config(op, x, window, stride, padding, 1, ceil_mode, layout)
     divisor = _avg_divisor(cfg, pads, count_include_pad)
     if not isinstance(grad, str):  # a rule value that reroutes the deltas
         from funcnn.ops import _ruled  # _ruled imports this module
@@ -227,7 +382,8 @@ class _Divisor:
 
 
 def _avg_divisor(cfg: WindowConfig, pads, count_include_pad: bool) -> _Divisor:
-    """Per-output window counts, `(OH, OW)`, computed in numpy at trace time."""
+    """Per-output window counts, `(OH, OW)` (`(OH, OW, 1)` in NHWC), computed in
+    numpy at trace time."""
     counts = []
     for i in range(2):
         lo, hi = pads[i]  # explicit padding, without ceil_mode's extra
@@ -238,7 +394,8 @@ def _avg_divisor(cfg: WindowConfig, pads, count_include_pad: bool) -> _Divisor:
         else:
             first, last = lo, lo + cfg.in_hw[i]
         counts.append(np.minimum(end, last) - np.maximum(start, first))
-    return _Divisor(np.outer(counts[0], counts[1]))
+    counts = np.outer(counts[0], counts[1])
+    return _Divisor(counts if cfg.layout == "NCHW" else counts[:, :, None])
 
 
 def avg_pool2d_reference(x, cfg: WindowConfig, divisor: _Divisor):
@@ -247,8 +404,8 @@ def avg_pool2d_reference(x, cfg: WindowConfig, divisor: _Divisor):
         pad_input(x, cfg, 0),
         np.asarray(0, x.dtype),  # concrete, so JAX sees reduce_window_sum
         lax.add,
-        (1, 1) + cfg.window,
-        (1, 1) + cfg.stride,
+        _args.spatial_config(cfg.layout, cfg.window, 1),
+        _args.spatial_config(cfg.layout, cfg.stride, 1),
         "VALID",
     )
     return sums / jnp.asarray(divisor.array, x.dtype)

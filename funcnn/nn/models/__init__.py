@@ -3,7 +3,10 @@
 - `classic`: `lenet`, `vgg_small`;
 - `resnet`: `resnet20` (the CIFAR ResNet of He et al. 2016), `resnet18`
   (torchvision's);
-- `mobilenet`: `mobilenet_v1`.
+- `mobilenet`: `mobilenet_v1`;
+- `unet`: `unet_small`.
+
+Every model takes `layout="NCHW"` or `"NHWC"`, with the same parameters in both.
 """
 
 from funcnn.nn.models.classic import lenet as lenet
@@ -17,3 +20,5 @@ from funcnn.nn.models.resnet import resnet18 as resnet18
 from funcnn.nn.models.resnet import resnet18_layers as resnet18_layers
 from funcnn.nn.models.resnet import resnet20 as resnet20
 from funcnn.nn.models.resnet import resnet20_layers as resnet20_layers
+from funcnn.nn.models.unet import unet_small as unet_small
+from funcnn.nn.models.unet import unet_small_layers as unet_small_layers

@@ -16,6 +16,7 @@ def lenet_layers(
     input_hw: tuple[int, int] = (28, 28),
     width: int = 1,
     second_kernel: int = 5,
+    layout: str = "NCHW",
 ) -> list[Layer]:
     """The layers of `lenet`, as a list (to replay or inspect them one by one).
 
@@ -26,13 +27,15 @@ def lenet_layers(
     """
     small = min(input_hw) < 16
     return [
-        Conv2D(6 * width, 5, padding="SAME" if small else 2),
+        Conv2D(6 * width, 5, padding="SAME" if small else 2, layout=layout),
         Relu(),
-        MaxPool2D(2),
-        Conv2D(16 * width, second_kernel, padding="SAME" if small else 0),
+        MaxPool2D(2, layout=layout),
+        Conv2D(
+            16 * width, second_kernel, padding="SAME" if small else 0, layout=layout
+        ),
         Relu(),
-        MaxPool2D(2),
-        Flatten(),
+        MaxPool2D(2, layout=layout),
+        Flatten(layout=layout),
         Dense(120),
         Relu(),
         Dense(84),
@@ -47,6 +50,7 @@ def lenet(
     input_hw: tuple[int, int] = (28, 28),
     width: int = 1,
     second_kernel: int = 5,
+    layout: str = "NCHW",
 ) -> Layer:
     """LeNet-5 style CNN for `(N, C, H, W)` images -> `(N, num_classes)` logits.
 
@@ -55,48 +59,65 @@ def lenet(
     pads by 2 and the second is unpadded, as in the original; inputs smaller than
     16x16 (such as the 8x8 digits) use "SAME" padding so that both pools fit.
     `width` multiplies the number of filters; `second_kernel` is the second conv's
-    window (see `lenet_layers`).
+    window (see `lenet_layers`). With layout="NHWC" it takes `(N, H, W, C)` images,
+    with the same parameters.
     """
     return serial(
         *lenet_layers(
-            num_classes, input_hw=input_hw, width=width, second_kernel=second_kernel
+            num_classes,
+            input_hw=input_hw,
+            width=width,
+            second_kernel=second_kernel,
+            layout=layout,
         )
     )
 
 
 def vgg_small_layers(
-    num_classes: int = 10, *, batchnorm: bool = True, dropout: float = 0.25
+    num_classes: int = 10,
+    *,
+    batchnorm: bool = True,
+    dropout: float = 0.25,
+    layout: str = "NCHW",
 ) -> list[Layer]:
     """The layers of `vgg_small`, as a list."""
 
     def block(channels: int) -> list[Layer]:
-        norm = [BatchNorm()] if batchnorm else []
-        return [
-            Conv2D(channels, 3, padding="SAME", use_bias=not batchnorm),
-            *norm,
-            Relu(),
-        ]
+        norm = [BatchNorm(layout=layout)] if batchnorm else []
+        conv = Conv2D(
+            channels, 3, padding="SAME", use_bias=not batchnorm, layout=layout
+        )
+        return [conv, *norm, Relu()]
 
     return [
         *block(32),
         *block(32),
-        MaxPool2D(2),
+        MaxPool2D(2, layout=layout),
         *block(64),
         *block(64),
-        MaxPool2D(2),
-        Flatten(),
+        MaxPool2D(2, layout=layout),
+        Flatten(layout=layout),
         *([Dropout(dropout)] if dropout > 0 else []),
         Dense(num_classes),
     ]
 
 
 def vgg_small(
-    num_classes: int = 10, *, batchnorm: bool = True, dropout: float = 0.25
+    num_classes: int = 10,
+    *,
+    batchnorm: bool = True,
+    dropout: float = 0.25,
+    layout: str = "NCHW",
 ) -> Layer:
     """A small VGG-style CNN: conv32-conv32-pool-conv64-conv64-pool-dense.
 
     Each conv is 3x3 with "SAME" padding, followed by BatchNorm (optional) and ReLU;
     dropout (the probability of dropping) precedes the final dense layer.
-    `(N, C, H, W)` -> `(N, num_classes)`.
+    `(N, C, H, W)` -> `(N, num_classes)`; with layout="NHWC", `(N, H, W, C)` images
+    and the same parameters.
     """
-    return serial(*vgg_small_layers(num_classes, batchnorm=batchnorm, dropout=dropout))
+    return serial(
+        *vgg_small_layers(
+            num_classes, batchnorm=batchnorm, dropout=dropout, layout=layout
+        )
+    )

@@ -31,31 +31,37 @@ def _scaled(channels: int, width: float) -> int:
     return max(8, int(round(channels * width)))
 
 
-def _separable(in_channels: int, out_channels: int, stride: int) -> Layer:
+def _separable(in_channels: int, out_channels: int, stride: int, layout: str) -> Layer:
     """A 3x3 depthwise conv (groups = C_in) and a 1x1 pointwise conv, each with
     BatchNorm and ReLU: `(N, C_in, H, W)` -> `(N, C_out, ceil(H/S), ceil(W/S))`."""
+    L = dict(layout=layout)
+    depthwise = dict(stride=stride, padding=1, groups=in_channels, use_bias=False)
     return serial(
-        Conv2D(
-            in_channels, 3, stride=stride, padding=1, groups=in_channels, use_bias=False
-        ),
-        BatchNorm(),
+        Conv2D(in_channels, 3, **depthwise, **L),
+        BatchNorm(**L),
         Relu(),
-        Conv2D(out_channels, 1, use_bias=False),
-        BatchNorm(),
+        Conv2D(out_channels, 1, use_bias=False, **L),
+        BatchNorm(**L),
         Relu(),
     )
 
 
 def mobilenet_v1_layers(
-    num_classes: int = 1000, *, width: float = 1.0, small_inputs: bool = False
+    num_classes: int = 1000,
+    *,
+    width: float = 1.0,
+    small_inputs: bool = False,
+    layout: str = "NCHW",
 ) -> list[Layer]:
     """The layers of `mobilenet_v1`, as a list."""
     if not width > 0:
         raise ValueError(f"mobilenet_v1: expected width > 0, got {width!r}.")
     first = _scaled(32, width)
+    L = dict(layout=layout)
+    stride = 1 if small_inputs else 2
     layers: list[Layer] = [
-        Conv2D(first, 3, stride=1 if small_inputs else 2, padding=1, use_bias=False),
-        BatchNorm(),
+        Conv2D(first, 3, stride=stride, padding=1, use_bias=False, **L),
+        BatchNorm(**L),
         Relu(),
     ]
     in_channels = first
@@ -63,13 +69,17 @@ def mobilenet_v1_layers(
         out_channels = _scaled(channels, width)
         if small_inputs and stride == 2 and out_channels == _scaled(1024, width):
             stride = 1  # keep a 2x2 map at 32x32 inputs instead of 1x1
-        layers.append(_separable(in_channels, out_channels, stride))
+        layers.append(_separable(in_channels, out_channels, stride, layout))
         in_channels = out_channels
-    return layers + [GlobalAvgPool2D(), Dense(num_classes)]
+    return layers + [GlobalAvgPool2D(**L), Dense(num_classes)]
 
 
 def mobilenet_v1(
-    num_classes: int = 1000, *, width: float = 1.0, small_inputs: bool = False
+    num_classes: int = 1000,
+    *,
+    width: float = 1.0,
+    small_inputs: bool = False,
+    layout: str = "NCHW",
 ) -> Layer:
     """MobileNet v1: `(N, 3, H, W)` -> `(N, num_classes)`.
 
@@ -79,7 +89,9 @@ def mobilenet_v1(
     is the paper's width multiplier alpha: every layer's channels are scaled by it
     (at least 8). `small_inputs=True` (32x32 images) makes the first conv and the
     last strided block stride 1, so the final map is 2x2 rather than 1x1 at 32x32.
+    `layout="NHWC"` takes `(N, H, W, C)` images with the same parameters.
     """
-    return serial(
-        *mobilenet_v1_layers(num_classes, width=width, small_inputs=small_inputs)
+    layers = mobilenet_v1_layers(
+        num_classes, width=width, small_inputs=small_inputs, layout=layout
     )
+    return serial(*layers)

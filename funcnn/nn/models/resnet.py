@@ -14,58 +14,72 @@ from funcnn.nn.conv import Conv2D
 from funcnn.nn.core import Layer, check_shape, leaf, positive_int
 from funcnn.nn.norm import BatchNorm
 from funcnn.nn.pool import GlobalAvgPool2D, MaxPool2D
+from funcnn.ops import _args
 
 
-def ShortcutA(out_channels: int, stride: int = 1) -> Layer:
+def ShortcutA(out_channels: int, stride: int = 1, *, layout: str = "NCHW") -> Layer:
     """He et al.'s option-A shortcut: the identity, subsampled by `stride` and with
     zero channels appended. No parameters.
 
-    `(N, C_in, H, W)` -> `(N, out_channels, ceil(H / S), ceil(W / S))`, with
-    `out_channels >= C_in`; the first C_in channels are `x[:, :, ::S, ::S]`.
+    `(N, C_in, H, W)` -> `(N, out_channels, ceil(H / S), ceil(W / S))` (or NHWC),
+    with `out_channels >= C_in`; the first C_in channels are `x[:, :, ::S, ::S]`.
     """
     label = "ShortcutA"
     positive_int(label, "out_channels", out_channels)
     positive_int(label, "stride", stride)
+    _args.check_layout(label, layout)
+    axes = _args.spatial_axes(layout)
+    channel = _args.channel_axis(layout)
 
     def init(key, input_shape):
         del key
-        n, c, h, w = check_shape(label, input_shape, 4, "(N, C, H, W)")
+        shape = check_shape(label, input_shape, 4, _args.axes_text(layout))
+        n, c, h, w = _args.nchw_shape(shape, layout)
         if c > out_channels:
             raise ValueError(
                 f"{label}: expected out_channels (={out_channels}) >= C_in (={c})."
             )
-        return (n, out_channels, -(-h // stride), -(-w // stride)), {}, {}
+        hw = (-(-h // stride), -(-w // stride))
+        return _args.layout_shape(n, out_channels, hw, layout), {}, {}
 
     def apply(params, state, x, **_):
         del params
-        y = x[:, :, ::stride, ::stride]
-        extra = out_channels - x.shape[1]
-        return jnp.pad(y, ((0, 0), (0, extra), (0, 0), (0, 0))), state
+        index = [slice(None)] * 4
+        for axis in axes:
+            index[axis] = slice(None, None, stride)
+        pads = [(0, 0)] * 4
+        pads[channel] = (0, out_channels - x.shape[channel])
+        return jnp.pad(x[tuple(index)], pads), state
 
     return leaf(label, "shortcut_a", init, apply)
 
 
-def _basic_block(channels: int, stride: int, in_channels: int, shortcut: str) -> Layer:
-    """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut, then ReLU: two layers."""
+def _basic_block(
+    channels: int, stride: int, in_channels: int, shortcut: str, layout: str
+) -> Layer:
+    """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (the block's ReLU follows it)."""
+    L = dict(layout=layout)
     short = None
     if stride != 1 or in_channels != channels:
         if shortcut == "A":
-            short = ShortcutA(channels, stride)
+            short = ShortcutA(channels, stride, **L)
         else:
             short = serial(
-                Conv2D(channels, 1, stride=stride, use_bias=False), BatchNorm()
+                Conv2D(channels, 1, stride=stride, use_bias=False, **L), BatchNorm(**L)
             )
     return residual(
-        Conv2D(channels, 3, stride=stride, padding=1, use_bias=False),
-        BatchNorm(),
+        Conv2D(channels, 3, stride=stride, padding=1, use_bias=False, **L),
+        BatchNorm(**L),
         Relu(),
-        Conv2D(channels, 3, padding=1, use_bias=False),
-        BatchNorm(),
+        Conv2D(channels, 3, padding=1, use_bias=False, **L),
+        BatchNorm(**L),
         shortcut=short,
     )
 
 
-def resnet20_layers(num_classes: int = 10, *, depth: int = 20) -> list[Layer]:
+def resnet20_layers(
+    num_classes: int = 10, *, depth: int = 20, layout: str = "NCHW"
+) -> list[Layer]:
     """The layers of `resnet20`, as a list (ResNet-`depth` for depth = 6n + 2)."""
     if (depth - 2) % 6 or depth < 8:
         raise ValueError(
@@ -73,21 +87,23 @@ def resnet20_layers(num_classes: int = 10, *, depth: int = 20) -> list[Layer]:
             f"got {depth}."
         )
     n = (depth - 2) // 6
+    L = dict(layout=layout)
     layers: list[Layer] = [
-        Conv2D(16, 3, padding=1, use_bias=False),
-        BatchNorm(),
+        Conv2D(16, 3, padding=1, use_bias=False, **L),
+        BatchNorm(**L),
         Relu(),
     ]
     in_channels = 16
     for stage, channels in enumerate((16, 32, 64)):
         for i in range(n):
             stride = 2 if stage > 0 and i == 0 else 1
-            layers += [_basic_block(channels, stride, in_channels, "A"), Relu()]
+            block = _basic_block(channels, stride, in_channels, "A", layout)
+            layers += [block, Relu()]
             in_channels = channels
-    return layers + [GlobalAvgPool2D(), Dense(num_classes)]
+    return layers + [GlobalAvgPool2D(**L), Dense(num_classes)]
 
 
-def resnet20(num_classes: int = 10, *, depth: int = 20) -> Layer:
+def resnet20(num_classes: int = 10, *, depth: int = 20, layout: str = "NCHW") -> Layer:
     """The CIFAR ResNet-20 of He et al. 2016 (section 4.2), for `(N, 3, 32, 32)`.
 
     A 3x3 conv with 16 filters, then three stages of `n = (depth - 2) / 6` basic
@@ -97,34 +113,39 @@ def resnet20(num_classes: int = 10, *, depth: int = 20) -> Layer:
     CIFAR experiments: the identity, subsampled and zero-padded in channels where
     the shape changes (`ShortcutA`), so shortcuts add no parameters. ResNet-20 has
     269,722 trainable parameters with 10 classes (0.27M in the paper); BatchNorm
-    running statistics are state, not parameters.
+    running statistics are state, not parameters. `layout="NHWC"` takes
+    `(N, H, W, C)` images with the same parameters.
     """
-    return serial(*resnet20_layers(num_classes, depth=depth))
+    return serial(*resnet20_layers(num_classes, depth=depth, layout=layout))
 
 
 def resnet18_layers(
-    num_classes: int = 1000, *, small_inputs: bool = False
+    num_classes: int = 1000, *, small_inputs: bool = False, layout: str = "NCHW"
 ) -> list[Layer]:
     """The layers of `resnet18`, as a list."""
+    L = dict(layout=layout)
     if small_inputs:
-        stem = [Conv2D(64, 3, padding=1, use_bias=False), BatchNorm(), Relu()]
+        stem = [Conv2D(64, 3, padding=1, use_bias=False, **L), BatchNorm(**L), Relu()]
     else:
         stem = [
-            Conv2D(64, 7, stride=2, padding=3, use_bias=False),
-            BatchNorm(),
+            Conv2D(64, 7, stride=2, padding=3, use_bias=False, **L),
+            BatchNorm(**L),
             Relu(),
-            MaxPool2D(3, stride=2, padding=1),
+            MaxPool2D(3, stride=2, padding=1, **L),
         ]
     layers, in_channels = stem, 64
     for stage, channels in enumerate((64, 128, 256, 512)):
         for i in range(2):
             stride = 2 if stage > 0 and i == 0 else 1
-            layers += [_basic_block(channels, stride, in_channels, "B"), Relu()]
+            block = _basic_block(channels, stride, in_channels, "B", layout)
+            layers += [block, Relu()]
             in_channels = channels
-    return layers + [GlobalAvgPool2D(), Dense(num_classes)]
+    return layers + [GlobalAvgPool2D(**L), Dense(num_classes)]
 
 
-def resnet18(num_classes: int = 1000, *, small_inputs: bool = False) -> Layer:
+def resnet18(
+    num_classes: int = 1000, *, small_inputs: bool = False, layout: str = "NCHW"
+) -> Layer:
     """torchvision's ResNet-18: `(N, 3, H, W)` -> `(N, num_classes)`.
 
     A 7x7/2 conv and a 3x3/2 max pool, four stages of two basic blocks at 64, 128,
@@ -132,6 +153,9 @@ def resnet18(num_classes: int = 1000, *, small_inputs: bool = False) -> Layer:
     and BatchNorm, where the shape changes), global average pooling and a dense
     layer. With 1000 classes it has exactly 11,689,512 trainable parameters, as
     torchvision's. `small_inputs=True` swaps the stem for a 3x3/1 conv without the
-    max pool, the usual choice for 32x32 images.
+    max pool, the usual choice for 32x32 images. `layout="NHWC"` takes
+    `(N, H, W, C)` images with the same parameters.
     """
-    return serial(*resnet18_layers(num_classes, small_inputs=small_inputs))
+    return serial(
+        *resnet18_layers(num_classes, small_inputs=small_inputs, layout=layout)
+    )

@@ -1,0 +1,251 @@
+"""Transposed 2-D convolution (PyTorch's `conv_transpose2d`), with a hand-written
+backward rule built from conv2d's own pieces, next to its plain-lax reference.
+
+A transposed convolution is the input gradient of a convolution: every input value
+is spread over the output through the filter, the output cropped by the padding.
+With the same filters, stride, padding, dilation and groups:
+
+- forward: `conv_transpose2d(x, w) = conv2d_input_grad(x, w)`, the backward pass
+  of the conv2d that maps the output back to the input;
+- dX: the conv2d forward of the deltas, `conv2d(dY, w)`;
+- dW: the deltas correlated with the input, `conv2d_weight_grad(dY, x)` (conv2d's
+  weight gradient with input and deltas in each other's place);
+- db: the deltas summed over batch and space.
+
+So the transpose of a convolution is differentiated by a convolution, and no
+convolution maths is written twice. The reference instead writes the definition
+out: the input dilated by the stride, padded, and correlated with the flipped
+filters.
+"""
+
+from __future__ import annotations
+
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+from jax import lax
+
+from funcnn.ops import _args
+from funcnn.ops.conv import (
+    _DIMS,
+    ConvConfig,
+    _bias,
+    _pad_spatial,
+    bias_grad,
+    conv2d_input_grad,
+    conv2d_reference,
+    conv2d_weight_grad,
+)
+
+
+class TransposeGeometry(NamedTuple):
+    """Static configuration of one conv_transpose2d call.
+
+    `conv` is the conv2d whose input gradient this op is: a conv2d over the output
+    `y_shape` (in `conv.layout`), with the high padding reduced by output_padding
+    (a negative pad crops), so that it has exactly the input's size as output.
+    """
+
+    conv: ConvConfig
+    y_shape: tuple[int, ...]
+
+
+def conv_transpose2d(
+    x,
+    w,
+    b=None,
+    *,
+    stride=1,
+    padding=0,
+    output_padding=0,
+    groups=1,
+    dilation=1,
+    layout="NCHW",
+    grad="custom",
+):
+    """Transposed 2-D convolution, exactly as `torch.nn.functional.conv_transpose2d`.
+
+    Each input value `x[n, c, i, j]` adds `x[n, c, i, j] * w[c, :, kh, kw]` to the
+    output at row `i*SH + kh*DH - top`, column `j*SW + kw*DW - left` (rows and
+    columns outside the output are dropped). It is the input gradient of
+    `conv2d(y, w, stride, padding, dilation, groups)`, which it undoes in shape.
+
+    Backward rule (grad="custom"): dX is the conv2d forward of the deltas,
+    `conv2d(dY, w)`; dW is the deltas correlated with the input, conv2d's weight
+    gradient with input and deltas swapped; db is the deltas summed.
+
+    Args:
+      x: input of shape `(N, C_in, H, W)`, or `(N, H, W, C_in)` with layout="NHWC".
+      w: filters of shape `(C_in, C_out // groups, KH, KW)` (PyTorch's layout, in
+        both activation layouts).
+      b: bias of shape `(C_out,)`, or None.
+      stride: int or pair `(SH, SW)`.
+      padding: int, pair `(PH, PW)` or pair of pairs `((top, bottom), (left,
+        right))`: rows/columns cropped from each side of the full output.
+      output_padding: int or pair: rows/columns added at the bottom/right, to pick
+        among the output sizes a strided conv2d maps to one input size. Each must be
+        smaller than the stride or the dilation on its axis.
+      groups: number of channel groups; must divide C_in (C_out is
+        `w.shape[1] * groups`).
+      dilation: int or pair `(DH, DW)`: spacing between filter taps.
+      layout: "NCHW" or "NHWC", of x and the output.
+      grad: "custom" for the hand-written rule, "autodiff" for jax.grad of the
+        plain-lax reference.
+
+    Returns:
+      Output of shape `(N, C_out, OH, OW)` (or `(N, OH, OW, C_out)`) with
+      `OH = (H - 1)*SH - top - bottom + DH*(KH - 1) + output_padding_h + 1`,
+      likewise OW.
+
+    Raises:
+      ValueError, TypeError: on bad shapes, dtypes or arguments, before tracing.
+    """
+    op = "conv_transpose2d"
+    grad = _args.check_grad_mode(op, grad)
+    layout = _args.check_layout(op, layout)
+    xs = _args.check_rank4(op, "x", x, _args.axes_text(layout, "C_in"))
+    ws = _args.check_rank4(op, "w", w, "(C_in, C_out // groups, KH, KW)")
+    _args.check_float(op, "x", x)
+    if w.dtype != x.dtype:
+        raise TypeError(
+            f"{op}: expected w with the dtype of x ({x.dtype}), got {w.dtype}. "
+            f"Cast one of them, e.g. w.astype({x.dtype})."
+        )
+    n, c_in, h, wd = _args.nchw_shape(xs, layout)
+    if isinstance(groups, bool) or not isinstance(groups, int) or groups < 1:
+        raise ValueError(f"{op}: expected groups to be a positive int, got {groups!r}.")
+    if ws[0] != c_in:
+        raise ValueError(
+            f"{op}: expected w.shape[0] == C_in = {c_in}, got w of shape {ws} for x "
+            f"of shape {xs}. Transposed-conv filters are (C_in, C_out // groups, "
+            "KH, KW), the transpose of conv2d's."
+        )
+    if c_in % groups:
+        raise ValueError(f"{op}: expected groups (={groups}) to divide C_in (={c_in}).")
+    c_out = ws[1] * groups
+    if b is not None:
+        if tuple(getattr(b, "shape", ())) != (c_out,):
+            raise ValueError(
+                f"{op}: expected b of shape (C_out,) = ({c_out},), "
+                f"got {getattr(b, 'shape', type(b).__name__)}."
+            )
+        if b.dtype != x.dtype:
+            raise TypeError(
+                f"{op}: expected b with the dtype of x ({x.dtype}), got {b.dtype}."
+            )
+    stride_ = _args.pair(op, "stride", stride)
+    dilation_ = _args.pair(op, "dilation", dilation)
+    extra = _args.pair(op, "output_padding", output_padding, minimum=0)
+    if isinstance(padding, str):
+        raise TypeError(
+            f"{op}: expected padding as an int, a pair (ph, pw) or a pair of pairs "
+            f"((top, bottom), (left, right)), got {padding!r}. Give the rows and "
+            "columns to crop from the full output."
+        )
+    eff = _args.effective_window((ws[2], ws[3]), dilation_)
+    pads = _args.padding(op, padding, (h, wd), eff, stride_)
+    out_hw = []
+    for i, axis in enumerate("HW"):
+        s, d, e = stride_[i], dilation_[i], extra[i]
+        if e >= s and e >= d:
+            raise ValueError(
+                f"{op}: expected output_padding smaller than the stride ({s}) or the "
+                f"dilation ({d}) along {axis}, got {output_padding!r}. Use "
+                f"output_padding < {max(s, d)} along {axis}."
+            )
+        size = ((h, wd)[i] - 1) * s - sum(pads[i]) + eff[i] + e
+        if size < 1:
+            raise ValueError(
+                f"{op}: expected a positive output size along {axis}, got "
+                f"({(h, wd)[i]} - 1) * {s} - {pads[i][0]} - {pads[i][1]} + "
+                f"{eff[i]} + {e} = {size}. Use less padding."
+            )
+        out_hw.append(size)
+    conv_pads = (
+        (pads[0][0], pads[0][1] - extra[0]),
+        (pads[1][0], pads[1][1] - extra[1]),
+    )
+    cfg = ConvConfig(stride_, conv_pads, dilation_, groups, b is not None, layout)
+    geom = TransposeGeometry(cfg, _args.layout_shape(n, c_out, out_hw, layout))
+    if grad == "autodiff":
+        return conv_transpose2d_reference(x, w, b, geom)
+    return _conv_transpose_custom(x, w, b, geom)
+
+
+def conv_transpose2d_reference(x, w, b, geom: TransposeGeometry):
+    """Plain-lax forward, the autodiff path and the oracle: x dilated by the
+    stride (zeros between its rows and columns) and padded by `eff - 1` less the
+    cropping, then correlated with the flipped filters at stride 1.
+
+    Shapes as in `conv_transpose2d`. The dilation is written out with lax.pad
+    rather than as a conv's lhs_dilation, so neither this forward nor its autodiff
+    gradients have a strided or base-dilated convolution (XLA:CPU aborts on some
+    of those; see conv2d_input_grad).
+    """
+    cfg = geom.conv
+    c_in, c_out_g, kh, kw = w.shape
+    G = cfg.groups
+    eff = _args.effective_window((kh, kw), cfg.dilation)
+    # (C_in, C_out/G) -> (C_out, C_in/G) within each group, rotated 180 degrees.
+    wt = w.reshape(G, c_in // G, c_out_g, kh, kw).transpose(0, 2, 1, 3, 4)
+    wt = wt.reshape(G * c_out_g, c_in // G, kh, kw)[:, :, ::-1, ::-1]
+    layout = cfg.layout
+    h, wd = (x.shape[a] for a in _args.spatial_axes(layout))
+    if layout == "NHWC" and (h < kh or wd < kw or h * wd < kh * kw):
+        # XLA:CPU folds the pad into an NHWC conv, swaps the operands of one this
+        # small and aborts; channels-first it does not (see conv2d_input_grad).
+        x, layout = jnp.transpose(x, (0, 3, 1, 2)), "NCHW"
+    xd = _pad_spatial(
+        x,
+        layout,
+        [
+            (e - 1 - lo, e - 1 - hi, s - 1)
+            for e, (lo, hi), s in zip(eff, cfg.pads, cfg.stride)
+        ],
+    )
+    y = lax.conv_general_dilated(
+        xd,
+        wt,
+        window_strides=(1, 1),
+        padding=((0, 0), (0, 0)),
+        rhs_dilation=cfg.dilation,
+        dimension_numbers=_DIMS[layout],
+        feature_group_count=G,
+    )
+    if layout != cfg.layout:
+        y = jnp.transpose(y, (0, 2, 3, 1))
+    if cfg.has_bias:
+        y = y + _bias(b, cfg.layout)
+    return y
+
+
+@partial(jax.custom_vjp, nondiff_argnums=(3,))
+def _conv_transpose_custom(x, w, b, geom):
+    return _conv_transpose_forward(x, w, b, geom)
+
+
+def _conv_transpose_forward(x, w, b, geom: TransposeGeometry):
+    y = conv2d_input_grad(x, w, geom.conv, geom.y_shape)
+    if geom.conv.has_bias:
+        y = y + _bias(b, geom.conv.layout)
+    return y
+
+
+def _conv_transpose_fwd(x, w, b, geom):
+    # dX needs the filters and dW the input; the bias only its presence (static).
+    return _conv_transpose_forward(x, w, b, geom), (x, w)
+
+
+def _conv_transpose_bwd(geom, res, g):
+    """g: output deltas `(N, C_out, OH, OW)` (or NHWC) -> (dx, dw, db)."""
+    x, w = res
+    cfg = geom.conv
+    dx = conv2d_reference(g, w, None, cfg._replace(has_bias=False))
+    dw = conv2d_weight_grad(g, x, cfg, w.shape)
+    db = bias_grad(g, cfg.layout) if cfg.has_bias else None
+    return dx, dw, db
+
+
+_conv_transpose_custom.defvjp(_conv_transpose_fwd, _conv_transpose_bwd)
