@@ -77,8 +77,8 @@ def plot_curves(
         if ax.get_legend_handles_labels()[0]:
             ax.legend(fontsize=8)
         else:
-            where = dict(ha="center", transform=ax.transAxes)
-            ax.text(0.5, 0.5, "no logged steps yet", **where)
+            note = "no logged steps yet"
+            ax.text(0.5, 0.5, note, ha="center", transform=ax.transAxes)
     if title:
         fig.suptitle(title)
     fig.tight_layout()

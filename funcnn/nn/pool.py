@@ -154,7 +154,7 @@ def GlobalAvgPool2D(*, layout: str = "NCHW") -> Layer:
         hw = tuple(x.shape[a] for a in _args.spatial_axes(layout))
         rule = rules.layer_rule(grad, layer=label, info=info)
         y = ops.avg_pool2d(x, hw, layout=layout, grad=rule)
-        return jnp.reshape(y, (x.shape[0], -1)), state
+        return jnp.reshape(jnp.asarray(y), (x.shape[0], -1)), state
 
     return leaf(label, "gap", init, apply, info=info)
 

@@ -58,6 +58,11 @@ def axes_text(layout: str, channels: str = "C") -> str:
     return f"(N, H, W, {channels})"
 
 
+def four(shape: Sequence[int]) -> tuple[int, int, int, int]:
+    """A rank-4 shape (already checked) as a 4-tuple of ints."""
+    return int(shape[0]), int(shape[1]), int(shape[2]), int(shape[3])
+
+
 def nchw_shape(shape: tuple[int, ...], layout: str) -> tuple[int, int, int, int]:
     """A rank-4 shape in `layout` as (N, C, H, W)."""
     if layout == "NCHW":

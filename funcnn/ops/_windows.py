@@ -28,7 +28,7 @@ never transposed.
 from __future__ import annotations
 
 from collections.abc import Iterable, Iterator
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
 import jax.numpy as jnp
 from jax import lax
@@ -78,7 +78,7 @@ def tap_slice(xp, cfg: WindowConfig, kh: int, kw: int):
     )
 
 
-def place_taps(parts: Iterable[tuple[tuple[int, int], object]], cfg: WindowConfig):
+def place_taps(parts: Iterable[tuple[tuple[int, int], Any]], cfg: WindowConfig):
     """Transpose of `tap_slice`, summed over taps, cropped to the unpadded input.
 
     Args:
@@ -102,7 +102,7 @@ def place_taps(parts: Iterable[tuple[tuple[int, int], object]], cfg: WindowConfi
     ]
     shifts = [max(q for q, _ in split[i]) for i in range(2)]
     grid = tuple(out_hw[i] + shifts[i] for i in range(2))
-    phases: dict[tuple[int, int], object] = {}
+    phases: dict[tuple[int, int], Any] = {}
     for (kh, kw), part in parts:
         (qh, rh), (qw, rw) = split[0][kh], split[1][kw]
         if shifts != [0, 0]:

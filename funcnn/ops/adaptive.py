@@ -20,7 +20,7 @@ where the window holds one, as in PyTorch).
 from __future__ import annotations
 
 from functools import partial
-from typing import NamedTuple
+from typing import Any, NamedTuple, cast
 
 import jax
 import jax.numpy as jnp
@@ -258,7 +258,7 @@ def adaptive_max_pool2d(
         )
     cfg = _config(op, x, output_size, layout)
     if grad == "custom":
-        y, index = _adaptive_max_custom(x, cfg)
+        y, index = cast(tuple[Any, Any], _adaptive_max_custom(x, cfg))
     else:
         y = adaptive_max_pool2d_reference(x, cfg)
         index = _adaptive_argmax(lax.stop_gradient(x), cfg)[1]

@@ -150,7 +150,9 @@ def conv2d(
 
         return _ruled.conv2d(x, w, b, grad, cfg)
     if groups == 1 and ws[1] * ws[2] * ws[3] <= PATCHES_MAX_TAPS:
-        geom = PatchGeometry(cfg, xs, ws, out_hw)
+        geom = PatchGeometry(
+            cfg, _args.four(xs), _args.four(ws), (out_hw[0], out_hw[1])
+        )
         return _conv2d_patches_custom(x, w, b, geom)
     return _conv2d_custom(x, w, b, cfg)
 

@@ -8,6 +8,7 @@
 from __future__ import annotations
 
 from functools import partial
+from typing import Any, cast
 
 import jax
 import jax.numpy as jnp
@@ -48,9 +49,12 @@ def _window_config(op, x, window, stride, padding, dilation, ceil_mode, layout="
             for i in range(2)
         )
     )
-    full_pads = tuple((lo, hi + e) for (lo, hi), e in zip(pads, extra))
+    full_pads = (
+        (pads[0][0], pads[0][1] + extra[0]),
+        (pads[1][0], pads[1][1] + extra[1]),
+    )
     return WindowConfig(
-        (h, w), window_, stride_, dilation_, full_pads, tuple(out), layout
+        (h, w), window_, stride_, dilation_, full_pads, (out[0], out[1]), layout
     ), pads
 
 
@@ -156,7 +160,7 @@ def max_pool2d(
         index = lax.stop_gradient(_max_pool_argmax(lax.stop_gradient(x), cfg)[1])
         return y, flat_indices(index, cfg)
     if grad == "custom":
-        y, index = _max_pool_indexed_custom(x, cfg)
+        y, index = cast(tuple[Any, Any], _max_pool_indexed_custom(x, cfg))
     else:
         y = max_pool2d_reference(x, cfg)
         index = lax.stop_gradient(_max_pool_argmax(lax.stop_gradient(x), cfg)[1])

@@ -34,14 +34,20 @@ def _scaled(channels: int, width: float) -> int:
 def _separable(in_channels: int, out_channels: int, stride: int, layout: str) -> Layer:
     """A 3x3 depthwise conv (groups = C_in) and a 1x1 pointwise conv, each with
     BatchNorm and ReLU: `(N, C_in, H, W)` -> `(N, C_out, ceil(H/S), ceil(W/S))`."""
-    L = dict(layout=layout)
-    depthwise = dict(stride=stride, padding=1, groups=in_channels, use_bias=False)
     return serial(
-        Conv2D(in_channels, 3, **depthwise, **L),
-        BatchNorm(**L),
+        Conv2D(
+            in_channels,
+            3,
+            stride=stride,
+            padding=1,
+            groups=in_channels,
+            use_bias=False,
+            layout=layout,
+        ),
+        BatchNorm(layout=layout),
         Relu(),
-        Conv2D(out_channels, 1, use_bias=False, **L),
-        BatchNorm(**L),
+        Conv2D(out_channels, 1, use_bias=False, layout=layout),
+        BatchNorm(layout=layout),
         Relu(),
     )
 
@@ -57,11 +63,10 @@ def mobilenet_v1_layers(
     if not width > 0:
         raise ValueError(f"mobilenet_v1: expected width > 0, got {width!r}.")
     first = _scaled(32, width)
-    L = dict(layout=layout)
     stride = 1 if small_inputs else 2
     layers: list[Layer] = [
-        Conv2D(first, 3, stride=stride, padding=1, use_bias=False, **L),
-        BatchNorm(**L),
+        Conv2D(first, 3, stride=stride, padding=1, use_bias=False, layout=layout),
+        BatchNorm(layout=layout),
         Relu(),
     ]
     in_channels = first
@@ -71,7 +76,7 @@ def mobilenet_v1_layers(
             stride = 1  # keep a 2x2 map at 32x32 inputs instead of 1x1
         layers.append(_separable(in_channels, out_channels, stride, layout))
         in_channels = out_channels
-    return layers + [GlobalAvgPool2D(**L), Dense(num_classes)]
+    return layers + [GlobalAvgPool2D(layout=layout), Dense(num_classes)]
 
 
 def mobilenet_v1(

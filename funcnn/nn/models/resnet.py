@@ -58,21 +58,21 @@ def _basic_block(
     channels: int, stride: int, in_channels: int, shortcut: str, layout: str
 ) -> Layer:
     """conv3x3-BN-ReLU-conv3x3-BN plus a shortcut (the block's ReLU follows it)."""
-    L = dict(layout=layout)
     short = None
     if stride != 1 or in_channels != channels:
         if shortcut == "A":
-            short = ShortcutA(channels, stride, **L)
+            short = ShortcutA(channels, stride, layout=layout)
         else:
             short = serial(
-                Conv2D(channels, 1, stride=stride, use_bias=False, **L), BatchNorm(**L)
+                Conv2D(channels, 1, stride=stride, use_bias=False, layout=layout),
+                BatchNorm(layout=layout),
             )
     return residual(
-        Conv2D(channels, 3, stride=stride, padding=1, use_bias=False, **L),
-        BatchNorm(**L),
+        Conv2D(channels, 3, stride=stride, padding=1, use_bias=False, layout=layout),
+        BatchNorm(layout=layout),
         Relu(),
-        Conv2D(channels, 3, padding=1, use_bias=False, **L),
-        BatchNorm(**L),
+        Conv2D(channels, 3, padding=1, use_bias=False, layout=layout),
+        BatchNorm(layout=layout),
         shortcut=short,
     )
 
@@ -87,10 +87,9 @@ def resnet20_layers(
             f"got {depth}."
         )
     n = (depth - 2) // 6
-    L = dict(layout=layout)
     layers: list[Layer] = [
-        Conv2D(16, 3, padding=1, use_bias=False, **L),
-        BatchNorm(**L),
+        Conv2D(16, 3, padding=1, use_bias=False, layout=layout),
+        BatchNorm(layout=layout),
         Relu(),
     ]
     in_channels = 16
@@ -100,7 +99,7 @@ def resnet20_layers(
             block = _basic_block(channels, stride, in_channels, "A", layout)
             layers += [block, Relu()]
             in_channels = channels
-    return layers + [GlobalAvgPool2D(**L), Dense(num_classes)]
+    return layers + [GlobalAvgPool2D(layout=layout), Dense(num_classes)]
 
 
 def resnet20(num_classes: int = 10, *, depth: int = 20, layout: str = "NCHW") -> Layer:
@@ -123,15 +122,18 @@ def resnet18_layers(
     num_classes: int = 1000, *, small_inputs: bool = False, layout: str = "NCHW"
 ) -> list[Layer]:
     """The layers of `resnet18`, as a list."""
-    L = dict(layout=layout)
     if small_inputs:
-        stem = [Conv2D(64, 3, padding=1, use_bias=False, **L), BatchNorm(**L), Relu()]
+        stem = [
+            Conv2D(64, 3, padding=1, use_bias=False, layout=layout),
+            BatchNorm(layout=layout),
+            Relu(),
+        ]
     else:
         stem = [
-            Conv2D(64, 7, stride=2, padding=3, use_bias=False, **L),
-            BatchNorm(**L),
+            Conv2D(64, 7, stride=2, padding=3, use_bias=False, layout=layout),
+            BatchNorm(layout=layout),
             Relu(),
-            MaxPool2D(3, stride=2, padding=1, **L),
+            MaxPool2D(3, stride=2, padding=1, layout=layout),
         ]
     layers, in_channels = stem, 64
     for stage, channels in enumerate((64, 128, 256, 512)):
@@ -140,7 +142,7 @@ def resnet18_layers(
             block = _basic_block(channels, stride, in_channels, "B", layout)
             layers += [block, Relu()]
             in_channels = channels
-    return layers + [GlobalAvgPool2D(**L), Dense(num_classes)]
+    return layers + [GlobalAvgPool2D(layout=layout), Dense(num_classes)]
 
 
 def resnet18(
