@@ -1,7 +1,10 @@
 """Command line of the benchmark: `python experiments/bench.py [--quick] [--only ...]`.
 
-Sections: "ops" (per-op forward/backward times), "train" (whole train steps) and
-"memory" (peak RSS per configuration, residual bytes per layer). Results go to
+Sections: "ops" (per-op forward/backward times), "train" (whole train steps),
+"memory" (peak RSS per configuration, residual bytes per layer), "layout" (the
+VGG-style step and the overlapping max pool in NCHW and NHWC, with and without
+XLA:CPU's YNN convolution flag: `benchmarks.layout`) and "layer_stats" (the cost
+of `make_train_step(layer_stats=True)`: `benchmarks.layer_stats`). Results go to
 `--out-dir` as results.json, results.md and bench.png.
 """
 
@@ -16,7 +19,7 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("ops", "train", "memory")
+SECTIONS = ("ops", "train", "memory", "layout", "layer_stats")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -168,9 +171,33 @@ def main(argv=None, script: str | None = None) -> dict:
             script, mem_cases, args.threads, args.timeout, torch_device
         )
         results["memory"] = {"residuals": residuals, "peak": peak}
+    extra = []
+    if "layout" in sections:
+        from benchmarks import layout
+
+        log("layout: NCHW vs NHWC, YNN flag off/on, in worker processes")
+        quick = ["--quick"] if args.quick else []
+        reps = [] if args.repeats is None else ["--repeats", str(repeats)]
+        results["layout"] = layout.main(quick + reps)
+        extra += ["", "## Layout", "", results["layout"]["markdown"]]
+    if "layer_stats" in sections:
+        from benchmarks import layer_stats
+
+        log("layer_stats: the VGG-style step with and without per-layer statistics")
+        quick = ["--quick"] if args.quick else []
+        stats = layer_stats.main(quick + ["--repeats", str(train_repeats)])
+        results["layer_stats"] = stats
+        extra += [
+            "",
+            "## Per-layer statistics",
+            "",
+            f"VGG-style step (no BN), plain {stats['plain']['median_ms']:.2f} ms, with "
+            f"layer_stats {stats['layer_stats']['median_ms']:.2f} ms: ratio "
+            f"{stats['ratio']:.3f} (target <= {layer_stats.TARGET_RATIO}).",
+        ]
     results["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
     results["targets"] = targets.targets(results)
-    text = report.markdown(results)
+    text = report.markdown(results) + "\n".join(extra) + ("\n" if extra else "")
     (out_dir / "results.json").write_text(json.dumps(results, indent=1))
     (out_dir / "results.md").write_text(text)
     report.chart(results, str(out_dir / "bench.png"))

@@ -180,27 +180,35 @@ def table(pooled: dict[str, dict[str, list[float]]]) -> str:
     return "\n".join(rows)
 
 
-def main(argv: list[str] | None = None) -> int:
+def main(argv: list[str] | None = None) -> dict:
+    """Runs the workers and prints the table; returns `{"batch", "rounds",
+    "repeats", "samples": {flag: {variant: seconds}}, "markdown"}`."""
     args = _parser().parse_args(argv)
     args.repeats = args.repeats or (3 if args.quick else 20)
     args.batch = args.batch or (16 if args.quick else 128)
     rounds = args.rounds or (1 if args.quick else 2)
     if args.worker:
         _worker(args)
-        return 0
+        return {}
     pooled: dict[str, dict[str, list[float]]] = {"off": {}, "on": {}}
     for _ in range(rounds):
         for flag in (False, True):
             for name, seconds in _run_worker(args, flag).items():
                 pooled["on" if flag else "off"].setdefault(name, []).extend(seconds)
-    print(
-        f"# Layout benchmark: batch {args.batch}, {rounds} round(s) x {args.repeats} "
-        f"repeats per flag setting, {os.cpu_count()} CPUs visible\n"
+    text = (
+        f"Layout: batch {args.batch}, {rounds} round(s) x {args.repeats} repeats per "
+        f"flag setting, {os.cpu_count()} CPUs visible.\n\n{table(pooled)}"
     )
-    print(table(pooled))
+    print(text)
     if args.json:
         Path(args.json).write_text(json.dumps({"batch": args.batch, **pooled}))
-    return 0
+    return {
+        "batch": args.batch,
+        "rounds": rounds,
+        "repeats": args.repeats,
+        "samples": pooled,
+        "markdown": text,
+    }
 
 
 if __name__ == "__main__":

@@ -30,6 +30,7 @@ from funcnn import (
     softmax_cross_entropy,
 )
 from funcnn.nn.combinators import Add
+from funcnn.ops import avg_pool as avg_pool_ops
 from funcnn.ops import conv as conv_ops
 from funcnn.ops import pool as pool_ops
 from funcnn.training.losses import accuracy
@@ -105,7 +106,7 @@ def cnn():
 def _record_rules(patch, calls):
     """Wraps every custom rule's backward to record the delta it received and the
     one it sent back."""
-    for module in (conv_ops, pool_ops):
+    for module in (conv_ops, pool_ops, avg_pool_ops):
         for name, rule in vars(module).items():
             if isinstance(rule, jax.custom_vjp):
 

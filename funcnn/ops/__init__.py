@@ -4,6 +4,7 @@ max_pool2d, avg_pool2d, the adaptive pools and max_unpool2d; and upsample2d
 
 from funcnn.ops.adaptive import adaptive_avg_pool2d as adaptive_avg_pool2d
 from funcnn.ops.adaptive import adaptive_max_pool2d as adaptive_max_pool2d
+from funcnn.ops.avg_pool import avg_pool2d as avg_pool2d
 from funcnn.ops.conv import conv2d as conv2d
 from funcnn.ops.conv import conv2d_input_grad as conv2d_input_grad
 from funcnn.ops.conv import conv2d_reference as conv2d_reference
@@ -13,7 +14,6 @@ from funcnn.ops.dense import dense as dense
 from funcnn.ops.dense import dense_input_grad as dense_input_grad
 from funcnn.ops.dense import dense_reference as dense_reference
 from funcnn.ops.dense import dense_weight_grad as dense_weight_grad
-from funcnn.ops.pool import avg_pool2d as avg_pool2d
 from funcnn.ops.pool import max_pool2d as max_pool2d
 from funcnn.ops.unpool import max_unpool2d as max_unpool2d
 from funcnn.ops.upsample import upsample2d as upsample2d

@@ -26,6 +26,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
+from funcnn.ops import avg_pool as _avg_pool
 from funcnn.ops import conv as _conv
 from funcnn.ops import pool as _pool
 from funcnn.ops._windows import WindowConfig, pad_input, place_taps, tap_slice
@@ -177,7 +178,7 @@ class Rule:
     def avg_pool2d_input_grad(self, g, win: Window):
         """dX `(N, C, H, W)` from the deltas g `(N, C, OH, OW)`. Default: each
         delta divided by its window's count, to every tap."""
-        return _pool._avg_pool_bwd(win.cfg, win.divisor, None, g)[0]
+        return _avg_pool._avg_pool_bwd(win.cfg, win.divisor, None, g)[0]
 
 
 def _flatten(rule: Rule):

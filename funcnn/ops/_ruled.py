@@ -23,7 +23,7 @@ import numpy as np
 from funcnn.ops import _args
 from funcnn.ops._rule import Rule, Window, _flatten
 from funcnn.ops._windows import WindowConfig
-from funcnn.ops.pool import avg_pool2d_reference
+from funcnn.ops.avg_pool import avg_pool2d_reference
 
 BUILTIN = ("custom", "autodiff")
 _REGISTRY: dict[str, Rule] = {}
