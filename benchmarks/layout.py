@@ -37,7 +37,11 @@ ROOT = Path(__file__).resolve().parents[1]
 
 def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
-    p.add_argument("--quick", action="store_true", help="batch 16, 3 repeats, 1 round")
+    p.add_argument(
+        "--quick",
+        action="store_true",
+        help="batch 16, 3 repeats, 1 round, train steps with the custom rules only",
+    )
     p.add_argument("--repeats", type=int, default=None, help="timed runs per round")
     p.add_argument("--rounds", type=int, default=None, help="worker pairs (default 2)")
     p.add_argument("--batch", type=int, default=None, help="batch size (default 128)")
@@ -66,7 +70,7 @@ def _round_robin(fns: dict, repeats: int, warmup: int = 2) -> dict[str, list[flo
     return times
 
 
-def _train_steps(batch: int) -> dict:
+def _train_steps(batch: int, grads: tuple[str, ...]) -> dict:
     from benchmarks import jax_side
     from funcnn import models
 
@@ -75,7 +79,7 @@ def _train_steps(batch: int) -> dict:
         shape = (batch, 3, 32, 32) if layout == "NCHW" else (batch, 32, 32, 3)
         model = models.vgg_small(10, batchnorm=False, dropout=0.0, layout=layout)
         data = jax_side.train_batch(shape)
-        for grad in GRADS:
+        for grad in grads:
             step, state = jax_side.make_step(model, grad, shape)
             box = {"state": state}
 
@@ -122,7 +126,9 @@ def _max_pools(batch: int) -> dict:
 
 def _worker(args) -> None:
     samples = {}
-    samples.update(_round_robin(_train_steps(args.batch), args.repeats))
+    # --quick times only the custom-rule steps: each step is a compile of its own.
+    grads = ("custom",) if args.quick else GRADS
+    samples.update(_round_robin(_train_steps(args.batch, grads), args.repeats))
     samples.update(_round_robin(_max_pools(args.batch), args.repeats))
     print(json.dumps(samples))
 
@@ -143,6 +149,8 @@ def _run_worker(args, flag: bool) -> dict[str, list[float]]:
     )
     cmd = [sys.executable, "-m", "benchmarks.layout", "--worker",
            "--repeats", str(args.repeats), "--batch", str(args.batch)]  # fmt: skip
+    if args.quick:
+        cmd.append("--quick")
     proc = subprocess.run(
         cmd, env=env, cwd=ROOT, capture_output=True, text=True, timeout=args.timeout
     )
@@ -212,4 +220,4 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 if __name__ == "__main__":
-    raise SystemExit(main())
+    main()

@@ -48,11 +48,11 @@ import numpy as np
 
 from funcnn import models, rules, serial
 from funcnn.data import (
+    augment_batches,
     batches,
     fit_normalizer,
     load_dataset,
     num_batches,
-    random_shift,
 )
 from funcnn.training import (
     create_train_state,
@@ -176,11 +176,11 @@ def train_one(
     )
 
     def epoch_batches(epoch: int):
-        for i, (xb, yb) in enumerate(
-            batches(x_train, y_train, batch_size, seed=seed, epoch=epoch)
-        ):
-            rng = np.random.default_rng([seed, epoch, i])
-            yield random_shift(xb, rng, SHIFT_PIXELS, data["black"]), yb
+        order = batches(x_train, y_train, batch_size, seed=seed, epoch=epoch)
+        fill = data["black"]
+        return augment_batches(
+            order, "shift", seed=seed, epoch=epoch, fill=fill, shift=SHIFT_PIXELS
+        )
 
     measure = rule != "backprop"
     if measure:  # compile both steps first, so fit's train time holds no compile

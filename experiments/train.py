@@ -77,7 +77,11 @@ GRADS = ("custom", "autodiff", "feedback_alignment", "sign_symmetry")
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 FREE = ("epochs", "no_plots", *cluster.ARGUMENT_NAMES)  # a resume may change them
 SHIFT_PIXELS = 0.5  # the largest translation of --augment shift
-SHIFT_HELP = f"shift: random sub-pixel shifts (up to {SHIFT_PIXELS} px) per image"
+STATS_HELP = "log grad_norm/<layer> and delta_rms/<layer>; draws grad_flow.png"
+AUGMENT_HELP = (
+    f"shift: random sub-pixel shifts (up to {SHIFT_PIXELS} px) per image; "
+    "crop-flip: 4-pixel-padded random crop and horizontal flip"
+)
 COUNT, NATURAL = number(int, at_least=1), number(int, at_least=0)
 
 
@@ -102,24 +106,11 @@ def build_parser():
     add("--batch-size", type=COUNT, default=32, help="examples per step")
     add("--epochs", type=COUNT, default=40, help="epochs to train")
     add("--seed", type=NATURAL, default=0, help="init, order, dropout seed")
-    add(
-        "--augment",
-        choices=("none", "shift", "crop-flip"),
-        default="shift",
-        help=f"{SHIFT_HELP}; crop-flip: 4-pixel-padded random crop and flip",
-    )
+    add("--augment", choices=data.AUGMENTATIONS, default="shift", help=AUGMENT_HELP)
     add("--precision", choices=tuple(PRECISIONS), default="fp32", help="compute dtype")
-    add(
-        "--layer-stats",
-        action="store_true",
-        help="log grad_norm/<layer> and delta_rms/<layer>; draws grad_flow.png",
-    )
-    add(
-        "--label-smoothing",
-        type=number(at_least=0, below=1),
-        default=0.1,
-        help="label smoothing eps",
-    )
+    add("--layer-stats", action="store_true", help=STATS_HELP)
+    smoothing = number(at_least=0, below=1)
+    add("--label-smoothing", type=smoothing, default=0.1, help="label smoothing eps")
     add("--no-plots", action="store_true", help="write no PNG plots")
     runcli.add_run_arguments(p)
     cluster.add_cli_arguments(p)
@@ -191,42 +182,29 @@ def setup(args, mesh, run) -> dict:
     total = args.epochs * spe
     layers = MODELS[args.model](ds.num_classes, x_train.shape[2:], args.width)
     model = serial(*layers)
+    warmup = int(round(args.warmup_epochs * spe))
     optimizer = make_optimizer(
-        args.optimizer,
-        args.lr,
-        weight_decay=args.weight_decay,
-        schedule=args.schedule,
-        total_steps=total,
-        warmup_steps=int(round(args.warmup_epochs * spe)),
-    )
+        args.optimizer, args.lr, weight_decay=args.weight_decay,
+        schedule=args.schedule, total_steps=total, warmup_steps=warmup,
+    )  # fmt: skip
     state = init_state(model, (-1, *x_train.shape[1:]), optimizer, seed=args.seed)
     one = mesh is None  # one device: plain jit; else split over the mesh
     dtype = PRECISIONS[args.precision]
     train_step = make_train_step(
-        model,
-        optimizer,
-        grad=args.grad,
-        label_smoothing=args.label_smoothing,
-        compute_dtype=dtype,
-        layer_stats=args.layer_stats,
-        jit=one,
-    )
+        model, optimizer, grad=args.grad, label_smoothing=args.label_smoothing,
+        compute_dtype=dtype, layer_stats=args.layer_stats, jit=one,
+    )  # fmt: skip
     eval_step = make_eval_step(model, grad=args.grad, compute_dtype=dtype, jit=one)
     if mesh is not None:
         train_step = distributed.data_parallel(train_step, mesh)
         eval_step = distributed.data_parallel(eval_step, mesh, donate=False)
 
     def epoch_batches(epoch: int):
-        order = data.batches(
-            x_train, ds.y_train, args.batch_size, seed=args.seed, epoch=epoch
+        seeds = dict(seed=args.seed, epoch=epoch)
+        order = data.batches(x_train, ds.y_train, args.batch_size, **seeds)
+        return data.augment_batches(
+            order, args.augment, **seeds, fill=black, shift=SHIFT_PIXELS
         )
-        for i, (xb, yb) in enumerate(order):
-            rng = np.random.default_rng([args.seed, epoch, i])
-            if args.augment == "shift":
-                xb = data.random_shift(xb, rng, SHIFT_PIXELS, black)
-            elif args.augment == "crop-flip":
-                xb = data.random_crop_flip(xb, rng, pad=4, fill=black)
-            yield xb, yb
 
     config = dict(vars(args))
     norm_stats = {"mean": norm.mean.tolist(), "std": norm.std.tolist()}

@@ -89,6 +89,25 @@ def test_every_section_has_numbers(quick_run):
         assert isinstance(entry["jax"]["same_program"], bool)
 
 
+def test_layout_and_layer_stats_sections(quick_run):
+    out, stdout = quick_run
+    results = json.loads((out / "results.json").read_text())
+    samples = results["layout"]["samples"]
+    assert set(samples) == {"off", "on"}
+    for flag in ("off", "on"):
+        # Both layouts ran under both flag settings, each with its timed repeats.
+        for layout in ("NCHW", "NHWC"):
+            for name in (f"train {layout} custom", f"maxpool {layout} custom bwd"):
+                times = samples[flag][name]
+                assert len(times) == results["layout"]["repeats"], (flag, name)
+                assert all(_finite(t) and t > 0 for t in times)
+    stats = results["layer_stats"]
+    ratio = stats["layer_stats"]["median_ms"] / stats["plain"]["median_ms"]
+    assert stats["ratio"] == pytest.approx(ratio)
+    assert stats["metrics"]["layer_stats"] > stats["metrics"]["plain"]
+    assert "## Layout" in stdout and "## Per-layer statistics" in stdout
+
+
 def test_torch_side_when_available(quick_run, require_torch):
     out, _ = quick_run
     results = json.loads((out / "results.json").read_text())

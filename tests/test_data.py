@@ -514,3 +514,50 @@ def test_normalizer_constant_channel_and_errors():
         fit_normalizer(np.zeros((4, 8, 8)))
     with pytest.raises(ValueError, match=r"mean and std of shape \(2,\)"):
         normalize(x, np.zeros(3), np.ones(3))
+
+
+def test_augment_batches_draws_each_batch_from_seed_epoch_and_index():
+    from funcnn.data import augment_batches, random_crop_flip, random_shift
+
+    x = np.arange(3 * 4 * 1 * 6 * 6, dtype=np.float32).reshape(12, 1, 6, 6)
+    y = np.arange(12)
+    pairs = [(x[i : i + 4], y[i : i + 4]) for i in range(0, 12, 4)]
+    fill = np.array([-0.5], np.float32)
+    # The same draws made by hand: batch i of epoch 3 from default_rng([7, 3, i]).
+    for augment, by_hand in (
+        ("shift", lambda xb, rng: random_shift(xb, rng, 0.5, fill)),
+        ("crop-flip", lambda xb, rng: random_crop_flip(xb, rng, pad=2, fill=fill)),
+        ("none", lambda xb, rng: xb),
+    ):
+        got = list(
+            augment_batches(
+                iter(pairs), augment, seed=7, epoch=3, fill=fill, shift=0.5, pad=2
+            )
+        )
+        assert len(got) == len(pairs)
+        for i, ((xa, ya), (xb, yb)) in enumerate(zip(got, pairs, strict=True)):
+            want = by_hand(xb, np.random.default_rng([7, 3, i]))
+            np.testing.assert_array_equal(xa, want, err_msg=f"{augment} batch {i}")
+            np.testing.assert_array_equal(ya, yb)
+    # Another epoch draws other offsets.
+    first = next(augment_batches(iter(pairs), "shift", seed=7, epoch=4, fill=fill))
+    assert not np.array_equal(
+        first[0], random_shift(x[:4], np.random.default_rng([7, 3, 0]), 0.5, fill)
+    )
+
+
+@pytest.mark.parametrize(
+    "kwargs, match",
+    [
+        (dict(augment="flip"), r"augment_batches: expected augment in .*got 'flip'"),
+        (
+            dict(augment="shift", shift=2.0),
+            r"augment_batches: expected 0 <= shift <= 1, got 2.0",
+        ),
+    ],
+)
+def test_augment_batches_refuses_bad_settings_at_the_call(kwargs, match):
+    from funcnn.data import augment_batches
+
+    with pytest.raises(ValueError, match=match):
+        augment_batches(iter([]), seed=0, epoch=0, **kwargs)

@@ -11,6 +11,8 @@ Modules: `base` (the `Dataset` and the checks every loader runs), `digits`,
 `augment`.
 """
 
+from funcnn.data.augment import AUGMENTATIONS as AUGMENTATIONS
+from funcnn.data.augment import augment_batches as augment_batches
 from funcnn.data.augment import random_crop_flip as random_crop_flip
 from funcnn.data.augment import random_shift as random_shift
 from funcnn.data.base import Dataset as Dataset
@@ -41,6 +43,8 @@ __all__ = [
     "load_npz",
     "normalize",
     "num_batches",
+    "AUGMENTATIONS",
+    "augment_batches",
     "random_crop_flip",
     "random_shift",
     "read_idx",

@@ -3,12 +3,62 @@ Generator, so a run seeded by (seed, epoch, batch) replays exactly on resume.
 
 - `random_shift`: random sub-pixel translations (the digits main job);
 - `random_crop_flip`: pad, random crop and horizontal flip (the CIFAR recipe of
-  He et al. 2016).
+  He et al. 2016);
+- `augment_batches`: either one applied to an epoch's batches, batch i drawing
+  from `numpy.random.default_rng([seed, epoch, i])`.
 """
 
 from __future__ import annotations
 
+from collections.abc import Iterable, Iterator
+
 import numpy as np
+
+AUGMENTATIONS = ("none", "shift", "crop-flip")
+
+
+def augment_batches(
+    batches: Iterable[tuple[np.ndarray, np.ndarray]],
+    augment: str,
+    *,
+    seed: int,
+    epoch: int,
+    fill=0.0,
+    shift: float = 0.5,
+    pad: int = 4,
+) -> Iterator[tuple[np.ndarray, np.ndarray]]:
+    """Augments the images of one epoch's batches, reproducibly.
+
+    Batch i of epoch e draws from `numpy.random.default_rng([seed, e, i])`, so a
+    resumed run sees the same augmented batches as an uninterrupted one.
+
+    Args:
+        batches: pairs `(x, y)`, x of shape `(B, C, H, W)`, e.g. from `batches`.
+        augment: `"none"`, `"shift"` (`random_shift` by up to `shift` pixels) or
+            `"crop-flip"` (`random_crop_flip` with `pad`).
+        seed, epoch: the run's data seed and the epoch number.
+        fill: the border value, a scalar or `(C,)` (e.g. a normalised black pixel).
+
+    Returns:
+        An iterator over pairs `(x_augmented, y)`, x of shape `(B, C, H, W)`.
+    """
+    if augment not in AUGMENTATIONS:
+        raise ValueError(
+            f"augment_batches: expected augment in {AUGMENTATIONS}, got {augment!r}."
+        )
+    if augment == "shift" and not 0.0 <= shift <= 1.0:  # checked before the first batch
+        raise ValueError(f"augment_batches: expected 0 <= shift <= 1, got {shift!r}.")
+    return _augmented(batches, augment, seed, epoch, fill, shift, pad)
+
+
+def _augmented(batches, augment, seed, epoch, fill, shift, pad):
+    for i, (x, y) in enumerate(batches):
+        rng = np.random.default_rng([seed, epoch, i])
+        if augment == "shift":
+            x = random_shift(x, rng, shift, fill)
+        elif augment == "crop-flip":
+            x = random_crop_flip(x, rng, pad=pad, fill=fill)
+        yield x, y
 
 
 def random_crop_flip(
