@@ -13,6 +13,7 @@ import sys
 import threading
 import time
 from collections.abc import Sequence
+from typing import cast
 
 import jax
 
@@ -209,7 +210,9 @@ def initialize_distributed(
             f"--coordinator-address/--num-processes/--process-id or ${ENV_COORDINATOR}"
             f"/${ENV_NUM_PROCESSES}/${ENV_PROCESS_ID})."
         )
-    assert address is not None and num_processes is not None and process_id is not None
+    # All three are given (checked above); the casts only tell the type checker.
+    address = cast(str, address)
+    num_processes, process_id = cast(int, num_processes), cast(int, process_id)
     if num_processes < 1 or not 0 <= process_id < num_processes:
         raise ValueError(
             f"{func}: expected num_processes >= 1 and 0 <= process_id < "

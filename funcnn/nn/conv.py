@@ -30,6 +30,14 @@ def _input_channels(label: str, input_shape, layout: str) -> int:
     return c
 
 
+def _check_groups(label: str, c: int, out_channels: int, groups: int) -> None:
+    if c % groups or out_channels % groups:
+        raise ValueError(
+            f"{label}: expected groups (={groups}) to divide C_in (={c}) and "
+            f"out_channels (={out_channels})."
+        )
+
+
 def _predict(fn, input_shape, w_shape, dtype):
     """Output shape of `fn(x, w)`, by the op's own validation on a shape-only
     trace; the batch size is kept as given (it may be -1)."""
@@ -74,11 +82,7 @@ def Conv2D(
 
     def init(key, input_shape):
         c = _input_channels(label, input_shape, layout)
-        if c % groups or out_channels % groups:
-            raise ValueError(
-                f"{label}: expected groups (={groups}) to divide C_in (={c}) and "
-                f"out_channels (={out_channels})."
-            )
+        _check_groups(label, c, out_channels, groups)
         wshape = (out_channels, c // groups, kh, kw)
         params = {"w": w_init(key, wshape, (c // groups) * kh * kw, dtype)}
         if use_bias:
@@ -142,11 +146,7 @@ def ConvTranspose2D(
 
     def init(key, input_shape):
         c = _input_channels(label, input_shape, layout)
-        if c % groups or out_channels % groups:
-            raise ValueError(
-                f"{label}: expected groups (={groups}) to divide C_in (={c}) and "
-                f"out_channels (={out_channels})."
-            )
+        _check_groups(label, c, out_channels, groups)
         wshape = (c, out_channels // groups, kh, kw)
         fan_in = (c // groups) * -(-kh // sh) * -(-kw // sw)
         params = {"w": w_init(key, wshape, fan_in, dtype)}

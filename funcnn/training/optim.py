@@ -11,7 +11,7 @@ import math
 import numbers
 import operator
 from collections.abc import Callable
-from typing import Any
+from typing import Any, cast
 
 import jax
 import optax
@@ -113,11 +113,10 @@ def make_schedule(
     if schedule == "constant":
         main = optax.constant_schedule(learning_rate)
     elif schedule == "cosine":
-        assert total_steps is not None
-        main = optax.cosine_decay_schedule(learning_rate, total_steps - warmup_steps)
+        span = cast(int, total_steps) - warmup_steps  # checked above
+        main = optax.cosine_decay_schedule(learning_rate, span)
     else:
-        assert total_steps is not None
-        span = total_steps - warmup_steps
+        span = cast(int, total_steps) - warmup_steps
         main = optax.piecewise_constant_schedule(
             learning_rate,
             {int(round(f * span)): step_factor for f in sorted(step_boundaries)},

@@ -15,7 +15,7 @@ import math
 import time
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 
@@ -285,6 +285,8 @@ class Loop:
         )
 
     def _save(self, state) -> None:
+        """Checkpoints `state`; called only when there is a run directory."""
+        run_dir = cast(RunDir, self.run_dir)
         t0 = time.perf_counter()
         meta = {
             "step": self.step,
@@ -298,8 +300,7 @@ class Loop:
                 "times": encode_floats(dict(self.times, wall=self._wall())),
             },
         }
-        assert self.run_dir is not None
-        self.checkpoint = self.run_dir.save(self.step, state, meta)
+        self.checkpoint = run_dir.save(self.step, state, meta)
         self.saved_step = self.step
         self.times["save"] += self._elapsed(t0)
 

@@ -19,7 +19,7 @@ import math
 import os
 from collections.abc import Mapping
 from pathlib import Path
-from typing import Any
+from typing import Any, cast
 
 import jax
 import numpy as np
@@ -85,8 +85,7 @@ class Aggregate:
     """
 
     def __init__(self, state: Mapping | None = None):
-        state = decode_floats(dict(state or {}))
-        assert isinstance(state, dict)
+        state = cast(dict, decode_floats(dict(state or {})))
         self.steps: int = int(state.get("steps", 0))
         self.sums: dict[str, float] = dict(state.get("sums", {}))
         self.counts: dict[str, int] = dict(state.get("counts", {}))
