@@ -209,6 +209,21 @@ def check_float(op: str, name: str, x: Any) -> None:
         )
 
 
+def check_bias(op: str, b: Any, x: Any, size: int, axis: str = "C_out") -> None:
+    """Refuses a bias not of shape `(size,)` or not of x's dtype; None passes."""
+    if b is None:
+        return
+    if tuple(getattr(b, "shape", ())) != (size,):
+        raise ValueError(
+            f"{op}: expected b of shape ({axis},) = ({size},), "
+            f"got {getattr(b, 'shape', type(b).__name__)}."
+        )
+    if b.dtype != x.dtype:
+        raise TypeError(
+            f"{op}: expected b with the dtype of x ({x.dtype}), got {b.dtype}."
+        )
+
+
 def out_size(
     op: str,
     size: int,

@@ -124,16 +124,7 @@ def conv2d(
             f"{c_in // groups}, got w of shape {ws} for x of shape {xs}. The input "
             "channels of x and w do not match."
         )
-    if b is not None:
-        if tuple(getattr(b, "shape", ())) != (ws[0],):
-            raise ValueError(
-                f"{op}: expected b of shape (C_out,) = ({ws[0]},), "
-                f"got {getattr(b, 'shape', type(b).__name__)}."
-            )
-        if b.dtype != x.dtype:
-            raise TypeError(
-                f"{op}: expected b with the dtype of x ({x.dtype}), got {b.dtype}."
-            )
+    _args.check_bias(op, b, x, ws[0])
     stride_ = _args.pair(op, "stride", stride)
     dilation_ = _args.pair(op, "dilation", dilation)
     eff = _args.effective_window((ws[2], ws[3]), dilation_)

@@ -125,16 +125,7 @@ def conv_transpose2d(
     if c_in % groups:
         raise ValueError(f"{op}: expected groups (={groups}) to divide C_in (={c_in}).")
     c_out = ws[1] * groups
-    if b is not None:
-        if tuple(getattr(b, "shape", ())) != (c_out,):
-            raise ValueError(
-                f"{op}: expected b of shape (C_out,) = ({c_out},), "
-                f"got {getattr(b, 'shape', type(b).__name__)}."
-            )
-        if b.dtype != x.dtype:
-            raise TypeError(
-                f"{op}: expected b with the dtype of x ({x.dtype}), got {b.dtype}."
-            )
+    _args.check_bias(op, b, x, c_out)
     stride_ = _args.pair(op, "stride", stride)
     dilation_ = _args.pair(op, "dilation", dilation)
     extra = _args.pair(op, "output_padding", output_padding, minimum=0)

@@ -62,16 +62,7 @@ def dense(x, w, b=None, *, grad="custom"):
             f"{x.shape[1]}, got w of shape {tuple(w.shape)}. Pass w as "
             "(outputs, inputs), i.e. the transpose of x @ w's layout."
         )
-    if b is not None:
-        if tuple(getattr(b, "shape", ())) != (w.shape[0],):
-            raise ValueError(
-                f"{op}: expected b of shape (F_out,) = ({w.shape[0]},), "
-                f"got {getattr(b, 'shape', type(b).__name__)}."
-            )
-        if b.dtype != x.dtype:
-            raise TypeError(
-                f"{op}: expected b with the dtype of x ({x.dtype}), got {b.dtype}."
-            )
+    _args.check_bias(op, b, x, w.shape[0], "F_out")
     if grad == "autodiff":
         return dense_reference(x, w, b)
     if not isinstance(grad, str):
