@@ -61,3 +61,17 @@ def pads_of(padding, hw, eff, stride):
     if isinstance(padding[0], int):
         return ((padding[0], padding[0]), (padding[1], padding[1]))
     return tuple(tuple(p) for p in padding)
+
+
+def cases_checked(module_name: str, sweep, monkeypatch) -> list:
+    """Runs `sweep` (a hypothesis test of module `module_name`) with that module's
+    `check_case` swapped for a recorder; returns the cases it would have checked,
+    in its derandomized order."""
+    import sys
+
+    seen = []
+    monkeypatch.setattr(
+        sys.modules[module_name], "check_case", lambda case, *_: seen.append(case)
+    )
+    sweep()
+    return seen

@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import as_pair, assert_close, fast_jit, pads_of
+from helpers import as_pair, assert_close, cases_checked, fast_jit, pads_of
 from hypothesis import assume, example, given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
@@ -283,13 +283,9 @@ test_custom_matches_autodiff_f32_slow = pytest.mark.slow(
 
 
 def drawn_distribution(sweep, monkeypatch) -> dict:
-    """Runs `sweep` (a hypothesis test of this module) with the checks swapped for
-    a recorder: the very cases it checks, in its derandomized order, counted."""
-    seen = []
-    monkeypatch.setattr(
-        sys.modules[__name__], "check_case", lambda case, *_: seen.append(case)
-    )
-    sweep()
+    """The cases `sweep` (a hypothesis test of this module) checks, counted by
+    feature (`helpers.cases_checked` records them)."""
+    seen = cases_checked(__name__, sweep, monkeypatch)
     counts = {"cases": len(seen)}
     for cfg, _, integers in seen:
         stride, dilation, pads, _ = cfg.geometry()

@@ -4,7 +4,6 @@ hand-computed answers (ties included) and PyTorch (in a subprocess)."""
 
 from __future__ import annotations
 
-import sys
 import zlib
 from functools import partial
 from typing import NamedTuple
@@ -13,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import as_pair, assert_close, fast_jit, pads_of
+from helpers import as_pair, assert_close, cases_checked, fast_jit, pads_of
 from hypothesis import example, given, settings
 from hypothesis import strategies as st
 from jax.test_util import check_grads
@@ -324,13 +323,9 @@ def has_tie(cfg, x) -> bool:
 
 
 def drawn_distribution(sweep, monkeypatch) -> dict:
-    """Runs `sweep` (a hypothesis test of this module) with the checks swapped for
-    a recorder: the very cases it checks, in its derandomized order, counted."""
-    seen = []
-    monkeypatch.setattr(
-        sys.modules[__name__], "check_case", lambda case, *_: seen.append(case)
-    )
-    sweep()
+    """The cases `sweep` (a hypothesis test of this module) checks, counted by
+    feature (`helpers.cases_checked` records them)."""
+    seen = cases_checked(__name__, sweep, monkeypatch)
     counts = {"cases": len(seen)}
     for cfg, seed, integers in seen:
         _, stride, dilation, pads, _ = cfg.geometry()
