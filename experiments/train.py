@@ -33,9 +33,10 @@ import numpy as np
 
 from funcnn import data, distributed, models, serial
 from funcnn.distributed import cli as cluster
+from funcnn.inspect.plots import run_plots
 from funcnn.training import create_train_state as init_state
 from funcnn.training import make_eval_step, make_optimizer, make_train_step, optim
-from funcnn.training.run import RunError, SignalStop, data_fingerprint, fit, run_plots
+from funcnn.training.run import RunError, SignalStop, data_fingerprint, fit
 from funcnn.training.run import cli as runcli
 from funcnn.training.run.cli import number
 

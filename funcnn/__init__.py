@@ -19,6 +19,8 @@ from funcnn import data as data
 from funcnn import nn as nn
 from funcnn import ops as ops
 from funcnn import rules as rules
+from funcnn.inspect.align import LayerAlignment as LayerAlignment
+from funcnn.inspect.align import alignment as alignment
 from funcnn.inspect.gradcheck import GradcheckReport as GradcheckReport
 from funcnn.inspect.gradcheck import LeafCheck as LeafCheck
 from funcnn.inspect.gradcheck import gradcheck as gradcheck

@@ -22,7 +22,7 @@ from jax.test_util import check_grads
 
 import funcnn
 from funcnn import ops
-from funcnn.ops.conv import PATCHES_MAX_TAPS
+from funcnn.ops.kernels.conv import PATCHES_MAX_TAPS
 
 GRADS = ("custom", "autodiff")
 pytestmark = pytest.mark.usefixtures("release_compiled")

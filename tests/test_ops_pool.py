@@ -18,7 +18,8 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from funcnn import ops
-from funcnn.ops import pool
+from funcnn.ops import _windows
+from funcnn.ops.kernels import max_pool as pool
 
 GRADS = ("custom", "autodiff")
 OPS = {"max": ops.max_pool2d, "avg": ops.avg_pool2d}
@@ -731,7 +732,7 @@ def test_dtypes(cfg, dtype, rtol, mode):
 
 def test_max_pool_saves_int8_indices_not_x():
     x = jnp.asarray(np.random.default_rng(20).standard_normal((2, 3, 8, 8)))
-    cfg, _ = pool._window_config("max_pool2d", x, 3, 2, 1, 1, False)
+    cfg, _ = _windows.window_config("max_pool2d", x, 3, 2, 1, 1, False)
     y, res = pool._max_pool_fwd(x, cfg)
     (index,) = jax.tree_util.tree_leaves(res)
     assert index.dtype == jnp.int8 and index.shape == y.shape == (2, 3, 4, 4)
@@ -752,7 +753,7 @@ def test_max_pool_saves_int8_indices_not_x():
 
 def test_max_pool_index_dtype_widens_past_127_taps():
     x = jax.ShapeDtypeStruct((1, 1, 12, 12), jnp.float32)
-    cfg, _ = pool._window_config("max_pool2d", x, 12, None, 0, 1, False)
+    cfg, _ = _windows.window_config("max_pool2d", x, 12, None, 0, 1, False)
     _, res = jax.eval_shape(lambda x: pool._max_pool_fwd(x, cfg), x)
     assert [a.dtype for a in jax.tree_util.tree_leaves(res)] == [jnp.int16]
 

@@ -31,7 +31,7 @@ from hypothesis import strategies as st
 from jax.test_util import check_grads
 
 from funcnn import ops
-from funcnn.ops.pool import _window_config, empty_windows
+from funcnn.ops._windows import empty_windows, window_config
 
 pytestmark = pytest.mark.usefixtures("release_compiled")
 
@@ -58,7 +58,7 @@ class Cfg(NamedTuple):
         shape = jax.ShapeDtypeStruct(to_layout(np.zeros(self.x_shape), self.layout)
                                      .shape, jnp.float64)  # fmt: skip
         args = (self.window, self.stride, self.padding, self.dilation, self.ceil_mode)
-        return _window_config("test", shape, *args, self.layout)[0]
+        return window_config("test", shape, *args, self.layout)[0]
 
 
 @st.composite

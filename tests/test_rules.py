@@ -317,7 +317,9 @@ def test_angle_and_alignment():
         rng.standard_normal((8, 1, 6, 6)).astype(np.float32),
         rng.integers(0, 4, 8),
     )
-    same = rules.alignment(model, state.params, state.model_state, batch, grad="custom")
+    same = funcnn.alignment(
+        model, state.params, state.model_state, batch, grad="custom"
+    )
     assert list(same) == ["00_conv", "04_dense", "06_dense"]
     assert all(a.grad == 0.0 and a.delta == 0.0 for a in same.values())
     # The train step's option logs the angles under readable names; dW of the

@@ -30,9 +30,9 @@ from funcnn import (
     softmax_cross_entropy,
 )
 from funcnn.nn.combinators import Add
-from funcnn.ops import avg_pool as avg_pool_ops
-from funcnn.ops import conv as conv_ops
-from funcnn.ops import pool as pool_ops
+from funcnn.ops.kernels import avg_pool as avg_pool_ops
+from funcnn.ops.kernels import conv as conv_ops
+from funcnn.ops.kernels import max_pool as pool_ops
 from funcnn.training.losses import accuracy
 from funcnn.training.optim import learning_rate
 from funcnn.training.step import (

@@ -8,7 +8,7 @@ plain Python data, and `.npz` files are opened with `allow_pickle=False`.
 
 Modules: `base` (the `Dataset` and the checks every loader runs), `digits`,
 `idx` (MNIST), `cifar`, `npz`, `registry` (`load_dataset`), `batching` and
-`augment`.
+`augment`. It imports nothing else of funcnn: data sits beside the layers.
 """
 
 from funcnn.data.augment import AUGMENTATIONS as AUGMENTATIONS

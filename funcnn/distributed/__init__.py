@@ -4,6 +4,8 @@ processes (`jax.distributed`), and the command-line flags for both.
 - `funcnn.distributed.mesh`: `make_mesh`, `data_parallel`, `shard_batch`, `replicate`.
 - `funcnn.distributed.launch`: `initialize_distributed`.
 - `funcnn.distributed.cli`: `add_cli_arguments`, `setup_from_args`, `select_devices`.
+
+It imports nothing else of funcnn: the run loop (`funcnn.training`) calls it.
 """
 
 from funcnn.distributed.cli import add_cli_arguments as add_cli_arguments

@@ -271,6 +271,7 @@ def any_process(flag: bool) -> bool:
     """
     if jax.process_count() == 1:
         return bool(flag)
+    # Lazy: the multi-process runtime loads only in a multi-process run.
     from jax.experimental import multihost_utils
 
     flags = multihost_utils.process_allgather(np.array(bool(flag)))

@@ -24,6 +24,7 @@ def enable_x64():
     """`jax.enable_x64(True)`, or the experimental spelling of older JAX versions."""
     if hasattr(jax, "enable_x64"):
         return jax.enable_x64(True)
+    # Older JAX versions only: here, since newer ones no longer have it.
     from jax.experimental import enable_x64  # type: ignore[attr-defined]
 
     return enable_x64()

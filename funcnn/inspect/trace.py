@@ -28,7 +28,7 @@ import numpy as np
 from funcnn import rules
 from funcnn.nn import probe
 from funcnn.nn.core import Layer, walk
-from funcnn.training.step import _loss_fn
+from funcnn.training.losses import loss_fn
 
 
 @dataclasses.dataclass(frozen=True)
@@ -197,7 +197,7 @@ def backward_trace(
             "Build it with funcnn.serial(...) or funcnn.models."
         )
     rules.validate(func, grad)
-    loss_of = _loss_fn(loss, label_smoothing, func=func)
+    loss_of = loss_fn(loss, label_smoothing, func=func)
     x, y = _check_batch(func, batch)
     if train and key is None:
         dropouts = [path for path, leaf in walk(model) if leaf.name == "dropout"]

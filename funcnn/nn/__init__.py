@@ -1,6 +1,7 @@
 """Pure-function layers, the combinators that compose them, and models.
 
-See `funcnn.nn.core` for the layer protocol.
+See `funcnn.nn.core` for the layer protocol. Imports only `funcnn.ops` (the ops a
+layer runs) and `funcnn.rules` (which rule each layer's op runs).
 """
 
 from funcnn.nn import models as models

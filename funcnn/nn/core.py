@@ -27,23 +27,15 @@ feedback weights the way the layer itself does; None for leaves without an op.
 from __future__ import annotations
 
 import difflib
-from collections.abc import Callable, Iterator, Mapping
+from collections.abc import Callable, Mapping
 from typing import Any, NamedTuple
 
-import jax
-import jax.numpy as jnp
+from funcnn.ops.init import he_normal as he_normal
+from funcnn.rules.model import LayerInfo as LayerInfo
+from funcnn.rules.model import walk as walk
 
 Shape = tuple[int, ...]
 APPLY_KEYWORDS = ("train", "key", "grad", "hook")
-
-
-class LayerInfo(NamedTuple):
-    """What a leaf layer runs: the op (e.g. "conv2d") whose backward rule `grad=`
-    picks, and `w_init(key, shape, fan_in, dtype)`, which draws its weights (None
-    for layers without)."""
-
-    op: str
-    w_init: Callable | None = None
 
 
 class Layer(NamedTuple):
@@ -132,26 +124,9 @@ def prefixed(hook: Callable | None, name: str) -> Callable | None:
     return child_hook
 
 
-def walk(layer: Layer, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Layer]]:
-    """Yields `("a/b", leaf)` for every leaf layer under `layer`, in forward order.
-
-    A leaf at the root yields the path "" (it has no key).
-    """
-    if not layer.children:
-        yield "/".join(path), layer
-        return
-    for key, child in layer.children:
-        yield from walk(child, path + (key,))
-
-
 def leaf_paths(layer: Layer) -> list[str]:
     """The key paths of every leaf layer under `layer`, e.g. `["00_conv", ...]`."""
     return [path for path, _ in walk(layer)]
-
-
-def he_normal(key, shape: Shape, fan_in: int, dtype=jnp.float32):
-    """Normal with std sqrt(2 / fan_in), suited to ReLU networks."""
-    return jax.random.normal(key, shape, dtype) * jnp.sqrt(2.0 / fan_in).astype(dtype)
 
 
 def check_shape(name: str, shape, rank: int, axes: str) -> Shape:

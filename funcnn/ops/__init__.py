@@ -1,19 +1,27 @@
 """Operations with hand-written backward rules: conv2d, conv_transpose2d, dense,
 max_pool2d, avg_pool2d, the adaptive pools and max_unpool2d; and upsample2d
-(autodiff). Each also runs a backward rule value from `funcnn.rules`."""
+(autodiff). Each also runs a backward rule value from `funcnn.rules`.
+
+Inside, imports go one way (import-linter checks it in CI):
+`_args`, `_windows`, `init` (checks, window geometry, initializers) <- `kernels.*`
+(each op's plain-lax reference and hand-written rule) <- `rule` (the `Rule`
+protocol, built on the kernels) <- `registry`, `ruled` (rule names; the VJPs that
+run a rule value) <- the public ops (`conv`, `dense`, `pool`, ...). Nothing here
+imports from the rest of funcnn.
+"""
 
 from funcnn.ops.adaptive import adaptive_avg_pool2d as adaptive_avg_pool2d
 from funcnn.ops.adaptive import adaptive_max_pool2d as adaptive_max_pool2d
 from funcnn.ops.avg_pool import avg_pool2d as avg_pool2d
 from funcnn.ops.conv import conv2d as conv2d
-from funcnn.ops.conv import conv2d_input_grad as conv2d_input_grad
-from funcnn.ops.conv import conv2d_reference as conv2d_reference
-from funcnn.ops.conv import conv2d_weight_grad as conv2d_weight_grad
 from funcnn.ops.conv_transpose import conv_transpose2d as conv_transpose2d
 from funcnn.ops.dense import dense as dense
-from funcnn.ops.dense import dense_input_grad as dense_input_grad
-from funcnn.ops.dense import dense_reference as dense_reference
-from funcnn.ops.dense import dense_weight_grad as dense_weight_grad
+from funcnn.ops.kernels.conv import conv2d_input_grad as conv2d_input_grad
+from funcnn.ops.kernels.conv import conv2d_reference as conv2d_reference
+from funcnn.ops.kernels.conv import conv2d_weight_grad as conv2d_weight_grad
+from funcnn.ops.kernels.dense import dense_input_grad as dense_input_grad
+from funcnn.ops.kernels.dense import dense_reference as dense_reference
+from funcnn.ops.kernels.dense import dense_weight_grad as dense_weight_grad
 from funcnn.ops.pool import max_pool2d as max_pool2d
 from funcnn.ops.unpool import max_unpool2d as max_unpool2d
 from funcnn.ops.upsample import upsample2d as upsample2d

@@ -12,24 +12,12 @@ from typing import Any
 import jax.numpy as jnp
 import numpy as np
 
-GRAD_MODES = ("custom", "autodiff")
 LAYOUTS = ("NCHW", "NHWC")
 
 Pair = tuple[int, int]
 Pads = tuple[tuple[int, int], tuple[int, int]]
 # What `padding=` accepts: an int, a pair, a pair of pairs, or "SAME" / "VALID".
 PaddingSpec = int | tuple[int, int] | tuple[tuple[int, int], tuple[int, int]] | str
-
-
-def check_grad_mode(op: str, grad: Any) -> Any:
-    """Resolves `grad=`: "custom" or "autodiff" as they are, a rule name or value
-    (see `funcnn.rules`) as what `op` runs under it: "custom" where the rule keeps
-    the op's exact rule, else the rule value. Raises naming `op` otherwise."""
-    if isinstance(grad, str) and grad in GRAD_MODES:
-        return grad
-    from funcnn.ops import _ruled  # imported here: _ruled imports the op modules
-
-    return _ruled.resolve(op, grad)
 
 
 def check_layout(op: str, layout: Any) -> str:

@@ -1,4 +1,6 @@
-"""Window gathering and its transpose, built from strided slices, pads and reshapes.
+"""Pooling windows: their geometry (`window_config`, from a pool's arguments), the
+gathering of a window's taps, and its transpose, built from strided slices, pads
+and reshapes.
 
 A pooling window of KH x KW taps is read as KH*KW strided slices of the padded input,
 one per tap, each of shape `(N, C, OH, OW)`. The transpose puts each slice back at
@@ -31,6 +33,7 @@ from collections.abc import Iterable, Iterator
 from typing import Any, NamedTuple
 
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 from funcnn.ops import _args
@@ -142,3 +145,69 @@ def place_taps(parts: Iterable[tuple[tuple[int, int], Any]], cfg: WindowConfig):
     return lax.pad(
         padded, jnp.zeros((), dtype), _args.spatial_config(layout, crops, (0, 0, 0))
     )
+
+
+def window_config(op, x, window, stride, padding, dilation, ceil_mode, layout="NCHW"):
+    """A pool's arguments, checked, as `(cfg, pads)`: the static `WindowConfig`
+    (its pads include the extra high rows ceil_mode adds) and the explicit padding
+    alone, `((top, bottom), (left, right))`.
+
+    Raises:
+      ValueError, TypeError: naming `op`, for a bad x, window, stride, padding,
+        dilation, ceil_mode or layout.
+    """
+    layout = _args.check_layout(op, layout)
+    shape = _args.check_rank4(op, "x", x, _args.axes_text(layout))
+    _args.check_float(op, "x", x)
+    _, _, h, w = _args.nchw_shape(shape, layout)
+    window_ = _args.pair(op, "window", window)
+    stride_ = window_ if stride is None else _args.pair(op, "stride", stride)
+    dilation_ = _args.pair(op, "dilation", dilation)
+    if not isinstance(ceil_mode, bool):
+        raise TypeError(f"{op}: expected ceil_mode to be a bool, got {ceil_mode!r}.")
+    eff = _args.effective_window(window_, dilation_)
+    pads = _args.padding(op, padding, (h, w), eff, stride_)
+    for i, axis in enumerate("HW"):
+        # PyTorch's bound (it halves the undilated window): it keeps an undilated
+        # window from lying wholly in the padding. A dilated one still can, when
+        # its taps straddle a short input; see max_pool2d.
+        if max(pads[i]) > eff[i] // 2:
+            raise ValueError(
+                f"{op}: expected padding along {axis} at most half the effective "
+                f"window ({eff[i]} // 2 = {eff[i] // 2}), got {pads[i]}. Use less "
+                "padding, or pad x yourself (jnp.pad) for a wider border."
+            )
+    out, extra = zip(
+        *(
+            _args.out_size(
+                op, (h, w)[i], pads[i], eff[i], stride_[i], ceil_mode, axis="HW"[i]
+            )
+            for i in range(2)
+        )
+    )
+    full_pads = (
+        (pads[0][0], pads[0][1] + extra[0]),
+        (pads[1][0], pads[1][1] + extra[1]),
+    )
+    return WindowConfig(
+        (h, w), window_, stride_, dilation_, full_pads, (out[0], out[1]), layout
+    ), pads
+
+
+def window_rows(cfg: WindowConfig, axis: int):
+    """Input rows (axis 0) or columns (axis 1) under each tap of each window,
+    `(O, K)`, in unpadded coordinates (negative or >= size in the padding)."""
+    o = np.arange(cfg.out_hw[axis])[:, None] * cfg.stride[axis]
+    k = np.arange(cfg.window[axis])[None, :] * cfg.dilation[axis]
+    return o + k - cfg.pads[axis][0]
+
+
+def empty_windows(cfg: WindowConfig) -> list[str]:
+    """The axes ("H", "W") along which some window has no tap on the input."""
+    found = []
+    for axis, name in enumerate("HW"):
+        rows = window_rows(cfg, axis)
+        inside = (rows >= 0) & (rows < cfg.in_hw[axis])
+        if not inside.any(axis=1).all():
+            found.append(name)
+    return found

@@ -1,20 +1,13 @@
-"""Fully connected (dense) layer op with a hand-written backward rule, next to its
-plain-lax reference.
-
-For `y = x @ w.T + b` with output deltas g `(N, F_out)`, the rule from the texts:
-- the input delta is the deltas sent back through the weights, `g @ w`;
-- the weight gradient is the outer product of deltas and inputs, `g.T @ x`;
-- the bias gradient is the sum of the deltas over the batch.
+"""dense: the public op. It checks its arguments, then runs the hand-written rule
+(`funcnn.ops.kernels.dense`), the plain-lax reference (grad="autodiff") or a rule
+value (`funcnn.ops.ruled`).
 """
 
 from __future__ import annotations
 
-from functools import partial
-
-import jax
-import jax.numpy as jnp
-
-from funcnn.ops import _args
+from funcnn.ops import _args, ruled
+from funcnn.ops.kernels.dense import dense_custom, dense_reference
+from funcnn.ops.registry import check_grad_mode
 
 
 def dense(x, w, b=None, *, grad="custom"):
@@ -36,7 +29,7 @@ def dense(x, w, b=None, *, grad="custom"):
       ValueError, TypeError: on bad shapes, dtypes or arguments, before tracing.
     """
     op = "dense"
-    grad = _args.check_grad_mode(op, grad)
+    grad = check_grad_mode(op, grad)
     for name, arr, axes in (("x", x, "(N, F_in)"), ("w", w, "(F_out, F_in)")):
         if not hasattr(arr, "shape") or not hasattr(arr, "dtype"):
             raise TypeError(
@@ -66,48 +59,5 @@ def dense(x, w, b=None, *, grad="custom"):
     if grad == "autodiff":
         return dense_reference(x, w, b)
     if not isinstance(grad, str):
-        from funcnn.ops import _ruled  # _ruled imports this module
-
-        return _ruled.dense(x, w, b, grad)
-    return _dense_custom(x, w, b, b is not None)
-
-
-def dense_reference(x, w, b):
-    """Plain-lax forward `(N, F_in)` -> `(N, F_out)`: the autodiff path and the
-    oracle for the custom rule."""
-    y = x @ w.T
-    return y if b is None else y + b
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
-def _dense_custom(x, w, b, has_bias):
-    return dense_reference(x, w, b)
-
-
-def _dense_fwd(x, w, b, has_bias):
-    # x is needed for dW and w for dX; the bias only contributes its presence.
-    return dense_reference(x, w, b), (x, w)
-
-
-def _dense_bwd(has_bias, res, g):
-    """g: output deltas `(N, F_out)`."""
-    x, w = res
-    dx = dense_input_grad(g, w)
-    dw = dense_weight_grad(x, g)
-    db = jnp.sum(g, axis=0) if has_bias else None
-    return dx, dw, db
-
-
-def dense_input_grad(g, w):
-    """dX `(N, F_in)`: the deltas `g` `(N, F_out)` sent back through the weights
-    `w` `(F_out, F_in)`, i.e. `g @ w`."""
-    return g @ w
-
-
-def dense_weight_grad(x, g):
-    """dW `(F_out, F_in)`: deltas `g` `(N, F_out)` times inputs `x` `(N, F_in)`,
-    summed over the batch, i.e. `g.T @ x`."""
-    return g.T @ x
-
-
-_dense_custom.defvjp(_dense_fwd, _dense_bwd)
+        return ruled.dense(x, w, b, grad)
+    return dense_custom(x, w, b, b is not None)

@@ -1,89 +1,25 @@
-"""Max pooling with a hand-written backward rule, next to its plain-lax reference,
-and the window configuration it shares with mean pooling (`funcnn.ops.avg_pool`).
-
-Max pooling's backward sends each delta to the position that won the forward pass
-(the first maximum in row-major window order, as PyTorch does on ties).
+"""max_pool2d: the public op. It checks its arguments, then runs the hand-written
+rule (`funcnn.ops.kernels.max_pool`), the plain-lax reference (grad="autodiff")
+or a rule value (`funcnn.ops.ruled`).
 """
 
 from __future__ import annotations
 
-from functools import partial
 from typing import Any, cast
 
-import jax
-import jax.numpy as jnp
-import numpy as np
 from jax import lax
 
-from funcnn.ops import _args
-from funcnn.ops._windows import WindowConfig, pad_input, place_taps, tap_slice
-
-
-def _window_config(op, x, window, stride, padding, dilation, ceil_mode, layout="NCHW"):
-    layout = _args.check_layout(op, layout)
-    shape = _args.check_rank4(op, "x", x, _args.axes_text(layout))
-    _args.check_float(op, "x", x)
-    _, _, h, w = _args.nchw_shape(shape, layout)
-    window_ = _args.pair(op, "window", window)
-    stride_ = window_ if stride is None else _args.pair(op, "stride", stride)
-    dilation_ = _args.pair(op, "dilation", dilation)
-    if not isinstance(ceil_mode, bool):
-        raise TypeError(f"{op}: expected ceil_mode to be a bool, got {ceil_mode!r}.")
-    eff = _args.effective_window(window_, dilation_)
-    pads = _args.padding(op, padding, (h, w), eff, stride_)
-    for i, axis in enumerate("HW"):
-        # PyTorch's bound (it halves the undilated window): it keeps an undilated
-        # window from lying wholly in the padding. A dilated one still can, when
-        # its taps straddle a short input; see max_pool2d.
-        if max(pads[i]) > eff[i] // 2:
-            raise ValueError(
-                f"{op}: expected padding along {axis} at most half the effective "
-                f"window ({eff[i]} // 2 = {eff[i] // 2}), got {pads[i]}. Use less "
-                "padding, or pad x yourself (jnp.pad) for a wider border."
-            )
-    out, extra = zip(
-        *(
-            _args.out_size(
-                op, (h, w)[i], pads[i], eff[i], stride_[i], ceil_mode, axis="HW"[i]
-            )
-            for i in range(2)
-        )
-    )
-    full_pads = (
-        (pads[0][0], pads[0][1] + extra[0]),
-        (pads[1][0], pads[1][1] + extra[1]),
-    )
-    return WindowConfig(
-        (h, w), window_, stride_, dilation_, full_pads, (out[0], out[1]), layout
-    ), pads
-
-
-def _index_dtype(cfg: WindowConfig):
-    """Smallest signed integer dtype that holds a tap index 0..KH*KW-1."""
-    taps = cfg.window[0] * cfg.window[1]
-    return jnp.int8 if taps <= 127 else jnp.int16 if taps <= 32767 else jnp.int32
-
-
-def _window_rows(cfg: WindowConfig, axis: int):
-    """Input rows (axis 0) or columns (axis 1) under each tap of each window,
-    `(O, K)`, in unpadded coordinates (negative or >= size in the padding)."""
-    o = np.arange(cfg.out_hw[axis])[:, None] * cfg.stride[axis]
-    k = np.arange(cfg.window[axis])[None, :] * cfg.dilation[axis]
-    return o + k - cfg.pads[axis][0]
-
-
-def empty_windows(cfg: WindowConfig) -> list[str]:
-    """The axes ("H", "W") along which some window has no tap on the input."""
-    found = []
-    for axis, name in enumerate("HW"):
-        rows = _window_rows(cfg, axis)
-        inside = (rows >= 0) & (rows < cfg.in_hw[axis])
-        if not inside.any(axis=1).all():
-            found.append(name)
-    return found
-
-
-# --------------------------------------------------------------------------- max
+from funcnn.ops import ruled
+from funcnn.ops._args import as_jax
+from funcnn.ops._windows import empty_windows, window_config
+from funcnn.ops.kernels.max_pool import (
+    flat_indices,
+    max_pool2d_reference,
+    max_pool_argmax,
+    max_pool_custom,
+    max_pool_indexed_custom,
+)
+from funcnn.ops.registry import check_grad_mode
 
 
 def max_pool2d(
@@ -131,20 +67,18 @@ def max_pool2d(
       and in the indices.
     """
     op = "max_pool2d"
-    x = _args.as_jax(x)
-    grad = _args.check_grad_mode(op, grad)
+    x = as_jax(x)
+    grad = check_grad_mode(op, grad)
     if not isinstance(return_indices, bool):
         raise TypeError(
             f"{op}: expected return_indices to be a bool, got {return_indices!r}."
         )
-    cfg, _ = _window_config(op, x, window, stride, padding, dilation, ceil_mode, layout)
+    cfg, _ = window_config(op, x, window, stride, padding, dilation, ceil_mode, layout)
     if not return_indices:
         if not isinstance(grad, str):  # a rule value that reroutes the deltas
-            from funcnn.ops import _ruled  # _ruled imports this module
-
-            return _ruled.max_pool2d(x, grad, cfg)
+            return ruled.max_pool2d(x, grad, cfg)
         if grad == "custom":
-            return _max_pool_custom(x, cfg)
+            return max_pool_custom(x, cfg)
         return max_pool2d_reference(x, cfg)
     empty = empty_windows(cfg)
     if empty:
@@ -154,164 +88,12 @@ def max_pool2d(
             "padding. Use less padding or dilation."
         )
     if not isinstance(grad, str):
-        from funcnn.ops import _ruled
-
-        y = _ruled.max_pool2d(x, grad, cfg)
-        index = lax.stop_gradient(_max_pool_argmax(lax.stop_gradient(x), cfg)[1])
+        y = ruled.max_pool2d(x, grad, cfg)
+        index = lax.stop_gradient(max_pool_argmax(lax.stop_gradient(x), cfg)[1])
         return y, flat_indices(index, cfg)
     if grad == "custom":
-        y, index = cast(tuple[Any, Any], _max_pool_indexed_custom(x, cfg))
+        y, index = cast(tuple[Any, Any], max_pool_indexed_custom(x, cfg))
     else:
         y = max_pool2d_reference(x, cfg)
-        index = lax.stop_gradient(_max_pool_argmax(lax.stop_gradient(x), cfg)[1])
+        index = lax.stop_gradient(max_pool_argmax(lax.stop_gradient(x), cfg)[1])
     return y, flat_indices(index, cfg)
-
-
-def flat_indices(index, cfg: WindowConfig):
-    """Winning tap per window `(N, C, OH, OW)` -> PyTorch's flat input index
-    `row * W + col`, int32, same shape (or both NHWC)."""
-    h_axis, w_axis = _args.spatial_axes(cfg.layout)
-    k = index.astype(jnp.int32)
-    rows = lax.broadcasted_iota(jnp.int32, index.shape, h_axis) * cfg.stride[0]
-    cols = lax.broadcasted_iota(jnp.int32, index.shape, w_axis) * cfg.stride[1]
-    rows = rows + (k // cfg.window[1]) * cfg.dilation[0] - cfg.pads[0][0]
-    cols = cols + (k % cfg.window[1]) * cfg.dilation[1] - cfg.pads[1][0]
-    return rows * cfg.in_hw[1] + cols
-
-
-def max_pool2d_reference(x, cfg: WindowConfig):
-    """Plain-lax forward, `(N, C, H, W)` -> `(N, C, OH, OW)`: the autodiff oracle."""
-    if cfg.dilation == (1, 1):
-        return _reduce_max(x, cfg)
-    # JAX has no VJP for a dilated reduce_window max; gathering the first maximum
-    # from the stacked taps gives the same values and a gradient JAX can derive.
-    xp = pad_input(x, cfg, -jnp.inf)
-    taps = jnp.stack([tap_slice(xp, cfg, kh, kw) for kh, kw in cfg.taps], axis=-1)
-    first = jnp.argmax(taps, axis=-1)[..., None]
-    return jnp.take_along_axis(taps, first, axis=-1)[..., 0]
-
-
-def _reduce_max(x, cfg: WindowConfig):
-    """The window maxima by XLA's reduce_window (NaN-propagating), any dilation."""
-    # The init value must be a concrete numpy scalar: under jit, jnp.asarray
-    # gives a tracer, and lax.reduce_window then falls back to its generic
-    # (non-differentiable) form instead of reduce_window_max.
-    return lax.reduce_window(
-        pad_input(x, cfg, -jnp.inf),
-        np.asarray(-np.inf, x.dtype),
-        lax.max,
-        _args.spatial_config(cfg.layout, cfg.window, 1),
-        _args.spatial_config(cfg.layout, cfg.stride, 1),
-        "VALID",
-        window_dilation=_args.spatial_config(cfg.layout, cfg.dilation, 1),
-    )
-
-
-def _max_pool_argmax(x, cfg: WindowConfig):
-    """Max and winning tap index (first maximum, row-major), both `(N, C, OH, OW)`.
-
-    The maxima come from reduce_window; the index is then the first tap equal to
-    its window's maximum. Where a window holds a NaN its maximum is NaN and the last
-    NaN wins, as in PyTorch (NaNs propagate forward and their delta goes to the
-    NaN).
-    """
-    dilated = cfg.dilation != (1, 1)
-    y = _reduce_max(lax.stop_gradient(x) if dilated else x, cfg)
-    xp = pad_input(x, cfg, -jnp.inf)
-    taps = [tap_slice(xp, cfg, kh, kw) for kh, kw in cfg.taps]
-    dtype = _index_dtype(cfg)
-    index = jnp.zeros(y.shape, dtype)
-    for k in reversed(range(len(taps))):  # the earliest equal tap is written last
-        hit = taps[k] == y
-        on_input = _tap_on_input(cfg, k)
-        if on_input is not None:  # -inf padding never wins over a -inf input
-            hit = hit & on_input
-        index = jnp.where(hit, jnp.asarray(k, dtype), index)
-    for k, tap in enumerate(taps):  # only windows that hold a NaN change here
-        index = jnp.where(tap != tap, jnp.asarray(k, dtype), index)
-    index = _materialised(index)
-    if dilated:
-        # JAX cannot differentiate a dilated reduce_window max, and second order
-        # differentiates this forward: take the winners' values instead.
-        for k, tap in enumerate(taps):
-            y = tap if k == 0 else jnp.where(index == k, tap, y)
-    return y, index
-
-
-def _tap_on_input(cfg: WindowConfig, k: int):
-    """Static mask, broadcastable to `(N, C, OH, OW)`: whether tap k of each window
-    lies on the input; None when no tap of any window touches the padding."""
-    if cfg.pads == ((0, 0), (0, 0)):
-        return None
-    rows = _window_rows(cfg, 0)[:, k // cfg.window[1]]
-    cols = _window_rows(cfg, 1)[:, k % cfg.window[1]]
-    inside = np.outer(
-        (rows >= 0) & (rows < cfg.in_hw[0]), (cols >= 0) & (cols < cfg.in_hw[1])
-    )
-    if inside.all():
-        return None
-    h_axis, w_axis = _args.spatial_axes(cfg.layout)
-    shape = [1, 1, 1, 1]
-    shape[h_axis], shape[w_axis] = inside.shape
-    return jnp.asarray(inside.reshape(shape))
-
-
-def _materialised(index):
-    """`index`, unchanged, in a form XLA computes once.
-
-    When forward and backward compile together (one jit of a train step), XLA:CPU
-    fuses the index's computation, a scan over every tap of the window, into each
-    of the KH*KW masks of the backward, so each input position redoes the scan
-    for every tap that reaches it: a 3x3/2 pool's fwd+bwd ran over twice as long
-    as the two apart. XLA's fusion keeps an integer division by a value it cannot
-    prove constant out of its consumers (it counts as expensive), so the index is
-    written once and read by the masks. The divisor is always 1: the sign bit of
-    a non-negative index.
-    """
-    bits = jnp.iinfo(index.dtype).bits
-    one = 1 + lax.shift_right_logical(index, jnp.asarray(bits - 1, index.dtype))
-    return lax.div(index, one)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_custom(x, cfg):
-    return _reduce_max(x, cfg)
-
-
-def _max_pool_fwd(x, cfg):
-    # Save only the winning tap per output, as int8 for windows up to 127 taps:
-    # a quarter of the output's bytes in float32, instead of a copy of x.
-    y, index = _max_pool_argmax(x, cfg)
-    return y, index
-
-
-def _max_pool_bwd(cfg, index, g):
-    """g: `(N, C, OH, OW)` deltas -> dx `(N, C, H, W)`, each at its window's winner."""
-    zero = jnp.zeros((), g.dtype)
-    parts = (
-        ((kh, kw), jnp.where(index == k, g, zero))
-        for k, (kh, kw) in enumerate(cfg.taps)
-    )
-    return (place_taps(parts, cfg),)
-
-
-_max_pool_custom.defvjp(_max_pool_fwd, _max_pool_bwd)
-
-
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
-def _max_pool_indexed_custom(x, cfg):
-    return _max_pool_argmax(x, cfg)
-
-
-def _max_pool_indexed_fwd(x, cfg):
-    # As _max_pool_fwd; the index is also an output (with no gradient of its own).
-    y, index = _max_pool_argmax(x, cfg)
-    return (y, index), index
-
-
-def _max_pool_indexed_bwd(cfg, index, cotangents):
-    g, _ = cotangents  # the integer index output has no cotangent to pass on
-    return _max_pool_bwd(cfg, index, g)
-
-
-_max_pool_indexed_custom.defvjp(_max_pool_indexed_fwd, _max_pool_indexed_bwd)

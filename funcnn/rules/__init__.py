@@ -6,20 +6,22 @@ given to `register`), a rule value (a `Rule`, e.g. `feedback_alignment(seed=1)`)
 or a mapping from layer paths or glob patterns to those (see
 `funcnn.rules.scope`). A rule is a value: print it, hold it, pass it; nothing is
 switched globally. `Rule` documents the protocol a user rule follows;
-`alignment` measures how far a rule's backward is from the exact one.
+`angle` measures how far a rule's update is from the exact one (`funcnn.alignment`
+uses it per layer).
+
+Imports go one way: `funcnn.ops` below, nothing of `funcnn.nn`, `funcnn.training`
+or `funcnn.inspect`. A model is read through its `children` and `LayerInfo`
+(`funcnn.rules.model`).
 """
 
-from funcnn.ops._rule import RULED_OPS as RULED_OPS
-from funcnn.ops._rule import Rule as Rule
-from funcnn.ops._rule import Window as Window
-from funcnn.ops._ruled import names as names
-from funcnn.ops._ruled import register as register
-from funcnn.ops._ruled import registered as registered
+from funcnn.ops.registry import names as names
+from funcnn.ops.registry import register as register
+from funcnn.ops.registry import registered as registered
+from funcnn.ops.rule import RULED_OPS as RULED_OPS
+from funcnn.ops.rule import Rule as Rule
+from funcnn.ops.rule import Window as Window
 from funcnn.rules import examples as examples
-from funcnn.rules.alignment import LayerAlignment as LayerAlignment
-from funcnn.rules.alignment import alignment as alignment
-from funcnn.rules.alignment import alignment_metrics as alignment_metrics
-from funcnn.rules.alignment import angle as angle
+from funcnn.rules.angles import angle as angle
 from funcnn.rules.builtin import FeedbackAlignment as FeedbackAlignment
 from funcnn.rules.builtin import SignSymmetry as SignSymmetry
 from funcnn.rules.builtin import draw_feedback as draw_feedback
@@ -28,9 +30,11 @@ from funcnn.rules.builtin import sign_symmetry as sign_symmetry
 from funcnn.rules.layers import check_model as check_model
 from funcnn.rules.layers import feedback_weights as feedback_weights
 from funcnn.rules.layers import layer_rule as layer_rule
+from funcnn.rules.layers import validate as validate
+from funcnn.rules.model import LayerInfo as LayerInfo
+from funcnn.rules.model import walk as walk
 from funcnn.rules.scope import Scoped as Scoped
 from funcnn.rules.scope import check_patterns as check_patterns
 from funcnn.rules.scope import path_of as path_of
 from funcnn.rules.scope import pick as pick
 from funcnn.rules.scope import scope as scope
-from funcnn.rules.scope import validate as validate

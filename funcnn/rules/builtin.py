@@ -18,8 +18,9 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.ops._rule import Rule
-from funcnn.ops._ruled import register_library
+from funcnn.ops.init import he_normal
+from funcnn.ops.registry import register_library
+from funcnn.ops.rule import Rule
 
 
 def _path_code(path: str) -> np.uint32:
@@ -43,8 +44,6 @@ def draw_feedback(seed: int, path: str, shape, dtype, w_init=None):
     key = jax.random.fold_in(jax.random.PRNGKey(seed), _path_code(path))
     fan_in = math.prod(shape[1:])
     if w_init is None:
-        from funcnn.nn.core import he_normal  # imported here: funcnn.nn imports rules
-
         w_init = he_normal
     return w_init(key, tuple(shape), fan_in, dtype)
 

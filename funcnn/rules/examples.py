@@ -15,7 +15,7 @@ import dataclasses
 import jax.numpy as jnp
 
 from funcnn.ops import conv2d_reference
-from funcnn.ops._rule import Rule
+from funcnn.ops.rule import Rule
 
 
 @dataclasses.dataclass(frozen=True)

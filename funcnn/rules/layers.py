@@ -9,11 +9,13 @@ layer, so what they report is what the layers do.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from typing import Any
 
-from funcnn.ops import _ruled
-from funcnn.ops._rule import unsupported
-from funcnn.rules.scope import check_patterns, path_of, pick, scope
+from funcnn.ops import registry
+from funcnn.ops.rule import unsupported
+from funcnn.rules.model import walk
+from funcnn.rules.scope import check_patterns, mapping_table, path_of, pick, scope
 
 
 def layer_rule(grad: Any, *, layer: str, info: Any, w=None) -> Any:
@@ -30,7 +32,7 @@ def layer_rule(grad: Any, *, layer: str, info: Any, w=None) -> Any:
       "custom", "autodiff", or a rule value prepared for this layer (feedback
       alignment with the layer's own B drawn from its path).
     """
-    rule = _ruled.lookup(layer, pick(grad, layer=layer))
+    rule = registry.lookup(layer, pick(grad, layer=layer))
     if isinstance(rule, str):
         return rule
     return rule.prepare(info.op, w, path_of(grad), info.w_init)
@@ -57,8 +59,6 @@ def check_model(func: str, model: Any, grad: Any) -> None:
     Raises:
       ValueError: naming `func`, the layer path, the op and the rule.
     """
-    from funcnn.nn.core import walk  # imported here: funcnn.nn imports rules
-
     leaves = list(walk(model))
     check_patterns(grad, [path for path, _ in leaves], func=func)
     for path, leaf in leaves:
@@ -66,7 +66,7 @@ def check_model(func: str, model: Any, grad: Any) -> None:
         if info is None:
             continue
         scoped = _scoped_at(grad, path)
-        rule = _ruled.lookup(func, pick(scoped, layer=func))
+        rule = registry.lookup(func, pick(scoped, layer=func))
         if isinstance(rule, str) or info.op in rule.ops:
             continue
         try:
@@ -90,8 +90,6 @@ def feedback_weights(model: Any, params: Any, grad: Any) -> dict[str, Any]:
       shape of that layer's w. Layers under "custom" or "autodiff" (B = W) are
       left out.
     """
-    from funcnn.nn.core import walk  # imported here: funcnn.nn imports rules
-
     check_model("rules.feedback_weights", model, grad)
     out = {}
     for path, leaf in walk(model):
@@ -104,3 +102,21 @@ def feedback_weights(model: Any, params: Any, grad: Any) -> dict[str, Any]:
             continue
         out[path] = rule.prepare(info.op, w).backward_weight(w)
     return out
+
+
+def validate(func: str, grad: Any, *, model: Any = None) -> Any:
+    """Checks a `grad=` value eagerly: a rule name ("custom", "autodiff",
+    "feedback_alignment", "sign_symmetry" or a registered one), a rule value, or a
+    non-empty mapping from layer paths to those. With `model`, also checks that
+    every mapping key matches a layer and every layer's rule supports its op.
+    Returns `grad` unchanged.
+
+    Raises:
+        ValueError, TypeError: naming `func`, what was expected and what was given.
+    """
+    values = mapping_table(func, grad) if isinstance(grad, Mapping) else (("", grad),)
+    for key, rule in values:
+        registry.lookup(func, rule, f" at key {key!r}" if key else "")
+    if model is not None and hasattr(model, "children"):
+        check_model(func, model, grad)
+    return grad

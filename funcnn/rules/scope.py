@@ -21,8 +21,6 @@ import fnmatch
 from collections.abc import Iterable, Mapping
 from typing import Any, NamedTuple
 
-from funcnn.ops import _ruled
-
 _GLOB = frozenset("*?[")
 
 
@@ -41,7 +39,7 @@ def is_mapping(grad: Any) -> bool:
     return isinstance(grad, (Mapping, Scoped))
 
 
-def _table(func: str, grad: Mapping) -> tuple[tuple[str, Any], ...]:
+def mapping_table(func: str, grad: Mapping) -> tuple[tuple[str, Any], ...]:
     if not grad:
         raise ValueError(
             f"{func}: expected a non-empty mapping from layer paths to rules, got "
@@ -61,7 +59,7 @@ def scope(grad: Any, name: str) -> Scoped:
     if isinstance(grad, Scoped):
         return Scoped(grad.table, grad.path + (name,))
     if isinstance(grad, Mapping):
-        return Scoped(_table("grad", grad), (name,))
+        return Scoped(mapping_table("grad", grad), (name,))
     return Scoped((("*", grad),), (name,))
 
 
@@ -95,7 +93,9 @@ def pick(grad: Any, *, layer: str = "layer") -> Any:
     """
     if not is_mapping(grad):
         return grad
-    scoped = grad if isinstance(grad, Scoped) else Scoped(_table("grad", grad), ())
+    scoped = (
+        grad if isinstance(grad, Scoped) else Scoped(mapping_table("grad", grad), ())
+    )
     found = match(scoped.table, scoped.path_str)
     if found is None:
         keys = [k for k, _ in scoped.table]
@@ -117,7 +117,7 @@ def check_patterns(grad: Any, paths: Iterable[str], *, func: str) -> None:
     """
     if not isinstance(grad, Mapping):
         return
-    table = _table(func, grad)
+    table = mapping_table(func, grad)
     paths = list(paths)
     unused = [k for k, _ in table if not any(fnmatch.fnmatchcase(p, k) for p in paths)]
     if unused:
@@ -126,23 +126,3 @@ def check_patterns(grad: Any, paths: Iterable[str], *, func: str) -> None:
             f"{func}: expected every grad mapping key to match a layer path, got "
             f"{unused} matching none. The model's layer paths are {shown}."
         )
-
-
-def validate(func: str, grad: Any, *, model: Any = None) -> Any:
-    """Checks a `grad=` value eagerly: a rule name ("custom", "autodiff",
-    "feedback_alignment", "sign_symmetry" or a registered one), a rule value, or a
-    non-empty mapping from layer paths to those. With `model`, also checks that
-    every mapping key matches a layer and every layer's rule supports its op.
-    Returns `grad` unchanged.
-
-    Raises:
-        ValueError, TypeError: naming `func`, what was expected and what was given.
-    """
-    values = _table(func, grad) if isinstance(grad, Mapping) else (("", grad),)
-    for key, rule in values:
-        _ruled.lookup(func, rule, f" at key {key!r}" if key else "")
-    if model is not None and hasattr(model, "children"):
-        from funcnn.rules.layers import check_model  # layers imports this module
-
-        check_model(func, model, grad)
-    return grad

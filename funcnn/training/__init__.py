@@ -1,5 +1,7 @@
 """Training: the train and eval steps, optimizers, losses, checkpoints and the
-run loop (`fit`, in `funcnn.training.run`).
+run loop (`fit`, in `funcnn.training.run`). Imports the layers below it (ops,
+rules, nn) and the scale-out runtime (`funcnn.distributed`), never
+`funcnn.inspect`: the run loop's pictures reach `fit` as a plot hook.
 
 `funcnn.training.checkpoint` (safetensors) is imported on first use.
 """

@@ -1,9 +1,13 @@
-"""Losses and metrics."""
+"""Losses and metrics, and `loss_fn`, which turns a loss name into its function."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
 import jax
 import jax.numpy as jnp
+
+LOSSES = ("cross_entropy", "mse")
 
 
 def _check_logits_labels(name, logits, labels):
@@ -55,3 +59,40 @@ def accuracy(logits, labels):
     """Fraction of rows whose argmax is the label: logits `(N, K)`, labels `(N,)`."""
     _check_logits_labels("accuracy", logits, labels)
     return jnp.mean(jnp.argmax(logits, axis=-1) == labels)
+
+
+def loss_fn(
+    loss: str | Callable, label_smoothing: float = 0.0, *, func: str = "make_train_step"
+) -> Callable:
+    """Maps a loss name to `fn(outputs (N, K), labels (N,)) -> mean scalar`; `func`
+    names the caller in error messages."""
+    if not 0.0 <= label_smoothing < 1.0:
+        raise ValueError(
+            f"{func}: expected 0 <= label_smoothing < 1, got {label_smoothing!r}."
+        )
+    if label_smoothing and loss != "cross_entropy":
+        raise ValueError(
+            f"{func}: expected loss='cross_entropy' with label_smoothing, "
+            f"got loss={loss!r}."
+        )
+    if callable(loss):
+        return loss
+    if loss == "cross_entropy" and label_smoothing:
+        return lambda out, y: _smoothed_cross_entropy(out, y, label_smoothing)
+    if loss == "cross_entropy":
+        return softmax_cross_entropy
+    if loss == "mse":
+        # The targets of the squared error are one-hot rows of the labels.
+        return lambda out, y: mse(
+            out, jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
+        )
+    raise ValueError(f"{func}: expected loss in {LOSSES} or a callable, got {loss!r}.")
+
+
+def _smoothed_cross_entropy(logits, labels, eps: float):
+    """Cross-entropy against `(1 - eps) * one_hot(labels) + eps / K`, averaged.
+
+    logits `(N, K)`, labels `(N,)`: `(1 - eps) * nll + eps * mean_k(-log p_k)`.
+    """
+    nll = softmax_cross_entropy(logits, labels)
+    return (1.0 - eps) * nll - eps * jnp.mean(jax.nn.log_softmax(logits, axis=-1))

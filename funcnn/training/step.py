@@ -28,11 +28,10 @@ from funcnn import rules
 from funcnn.nn import probe
 from funcnn.nn.core import Layer
 from funcnn.training import precision
-from funcnn.training.losses import accuracy, mse, softmax_cross_entropy
+from funcnn.training.layer_metrics import alignment_metrics
+from funcnn.training.losses import accuracy, loss_fn
 from funcnn.training.optim import learning_rate
 from funcnn.training.step_checks import CheckedStep, check_optimizer
-
-LOSSES = ("cross_entropy", "mse")
 
 
 class TrainState(NamedTuple):
@@ -81,43 +80,6 @@ def create_train_state(
     )
 
 
-def _loss_fn(
-    loss: str | Callable, label_smoothing: float = 0.0, *, func: str = "make_train_step"
-) -> Callable:
-    """Maps a loss name to `fn(outputs (N, K), labels (N,)) -> mean scalar`; `func`
-    names the caller in error messages."""
-    if not 0.0 <= label_smoothing < 1.0:
-        raise ValueError(
-            f"{func}: expected 0 <= label_smoothing < 1, got {label_smoothing!r}."
-        )
-    if label_smoothing and loss != "cross_entropy":
-        raise ValueError(
-            f"{func}: expected loss='cross_entropy' with label_smoothing, "
-            f"got loss={loss!r}."
-        )
-    if callable(loss):
-        return loss
-    if loss == "cross_entropy" and label_smoothing:
-        return lambda out, y: _smoothed_cross_entropy(out, y, label_smoothing)
-    if loss == "cross_entropy":
-        return softmax_cross_entropy
-    if loss == "mse":
-        # The targets of the squared error are one-hot rows of the labels.
-        return lambda out, y: mse(
-            out, jax.nn.one_hot(y, out.shape[-1], dtype=out.dtype)
-        )
-    raise ValueError(f"{func}: expected loss in {LOSSES} or a callable, got {loss!r}.")
-
-
-def _smoothed_cross_entropy(logits, labels, eps: float):
-    """Cross-entropy against `(1 - eps) * one_hot(labels) + eps / K`, averaged.
-
-    logits `(N, K)`, labels `(N,)`: `(1 - eps) * nll + eps * mean_k(-log p_k)`.
-    """
-    nll = softmax_cross_entropy(logits, labels)
-    return (1.0 - eps) * nll - eps * jnp.mean(jax.nn.log_softmax(logits, axis=-1))
-
-
 def _global_norm(tree) -> jax.Array:
     # Written out: optax.global_norm is deprecated and optax.tree.norm is new.
     leaves = jax.tree_util.tree_leaves(tree)
@@ -133,7 +95,7 @@ def _value_and_grad(objective, params, *, layer_stats: bool, alignment: bool):
       gradient, for layers with params) and "delta_rms/<path>" (RMS of
       dL/d(layer output));
     - `alignment`: a second backward pass under the exact rule ("custom") gives
-      "align_grad/<path>" and "align_delta/<path>" (`funcnn.rules.alignment`).
+      "align_grad/<path>" and "align_delta/<path>" (`funcnn.alignment`).
     """
     if not (layer_stats or alignment):
         return (*jax.value_and_grad(objective, has_aux=True)(params), {})
@@ -152,7 +114,7 @@ def _value_and_grad(objective, params, *, layer_stats: bool, alignment: bool):
         exact = probe.value_and_grad_with_probes(
             partial(objective, rule="custom"), params, specs
         )
-        metrics.update(rules.alignment_metrics(specs, res, exact))
+        metrics.update(alignment_metrics(specs, res, exact))
     return (res.value, res.aux), res.grads, metrics
 
 
@@ -194,7 +156,7 @@ def make_train_step(
             default, and then the compiled step is unchanged.
         alignment: also log, per layer with parameters, the angles in degrees
             between `grad`'s backward and the exact one ("align_grad/<path>",
-            "align_delta/<path>", see `funcnn.rules.alignment`). Costs a second
+            "align_delta/<path>", see `funcnn.alignment`). Costs a second
             forward and backward pass per step.
         compute_dtype: None for float32 throughout, or e.g. `jnp.bfloat16` for
             mixed precision (`funcnn.training.precision`): the images and the
@@ -220,7 +182,7 @@ def make_train_step(
     func = "make_train_step"
     rules.validate(func, grad, model=model)
     check_optimizer(func, optimizer)
-    loss_of = _loss_fn(loss, label_smoothing)
+    loss_of = loss_fn(loss, label_smoothing)
     dtype = precision.check_compute_dtype(func, compute_dtype)
 
     def train_step(state: TrainState, batch) -> tuple[TrainState, dict]:
@@ -310,7 +272,7 @@ def make_eval_step(
         (the number of examples counted), so sums over batches are exact totals.
     """
     rules.validate("make_eval_step", grad, model=model)
-    loss_of = _loss_fn(loss)
+    loss_of = loss_fn(loss)
     dtype = precision.check_compute_dtype("make_eval_step", compute_dtype)
     # Per-example losses from the library's own mean loss applied row by row.
     per_example = jax.vmap(lambda o, t: loss_of(o[None], t[None]))

@@ -15,6 +15,7 @@ from typing import Any
 import jax
 import jax.numpy as jnp
 import numpy as np
+from matplotlib import colormaps
 from matplotlib.figure import Figure
 
 from funcnn.inspect.plots.run import FEATURE_LAYERS, _save
@@ -230,7 +231,6 @@ def plot_grad_flow(
 
 
 def _depth_colors(n: int) -> list:
-    from matplotlib import colormaps
 
     cmap = colormaps["viridis"]
     return [cmap(0.9 * i / max(n - 1, 1)) for i in range(n)]

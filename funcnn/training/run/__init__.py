@@ -5,7 +5,7 @@
 - `RunDir`, `new_run_dir`, `read_config`, `data_fingerprint`: the run directory.
 - `MetricsLog`, `StepMetrics`, `read_metrics`: metrics.jsonl in strict JSON.
 - `SignalStop`: SIGINT/SIGTERM stop after the current step, in every process.
-- `ProgressBar`; `run_plots` (a plot hook); `FitSummary`; the errors
+- `ProgressBar`; `FitSummary`; the errors
   (`RunError` and its subclasses).
 - `funcnn.training.run.cli`: the run flags for scripts built on `fit`.
 """
@@ -19,7 +19,6 @@ from funcnn.training.run.fit import fit as fit
 from funcnn.training.run.metrics import MetricsLog as MetricsLog
 from funcnn.training.run.metrics import StepMetrics as StepMetrics
 from funcnn.training.run.metrics import read_metrics as read_metrics
-from funcnn.training.run.plots import run_plots as run_plots
 from funcnn.training.run.progress import ProgressBar as ProgressBar
 from funcnn.training.run.rundir import RunDir as RunDir
 from funcnn.training.run.rundir import data_fingerprint as data_fingerprint

@@ -21,6 +21,7 @@ from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
+import jax
 import numpy as np
 
 from funcnn.training.run.errors import RunDirError, RunError
@@ -170,7 +171,6 @@ def parse_run_args(
 def open_run_dir(args: argparse.Namespace, note: Callable[[str], None]) -> RunDir:
     """The run directory of `args` (a new runs/<timestamp> without --out-dir),
     opened and locked. Raises `RunDirError` when it cannot be used."""
-    import jax
 
     if args.out_dir is None and jax.process_count() > 1:
         raise RunDirError(

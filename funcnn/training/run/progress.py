@@ -19,7 +19,7 @@ class ProgressBar:
     def __init__(self, total: int | None, initial: int = 0, *, enabled: bool = True):
         self.bar = None
         if enabled:
-            from tqdm import tqdm
+            from tqdm import tqdm  # lazy: loads only when a bar is shown
 
             self.bar = tqdm(
                 total=total,

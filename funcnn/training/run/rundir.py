@@ -159,6 +159,7 @@ class RunDir:
         keep: int | None = 3,
         note: Callable[[str], None] = note_to_stderr,
     ):
+        # Lazy: safetensors loads only when a run saves checkpoints.
         from funcnn.training.checkpoint import CheckpointManager
 
         self.root = Path(path)
@@ -194,7 +195,7 @@ class RunDir:
                 f"cannot use {self.path} as the run directory: {_one_line(err)}"
             ) from None
         try:
-            import fcntl
+            import fcntl  # POSIX only, hence here
         except ImportError:  # not POSIX: no lock, the rest works
             return lock
         try:

@@ -97,6 +97,7 @@ class SignalStop:
         """
         if jax.process_count() == 1:
             return self.signum is not None
+        # Lazy: the multi-process runtime loads only in a multi-process run.
         from jax.experimental import multihost_utils
 
         from funcnn.distributed.mesh import any_process

@@ -10,7 +10,7 @@ overrides only what it changes, e.g. feedback alignment overrides
 
 A rule travels through `jax.custom_vjp` as an ordinary, differentiable argument:
 it is a pytree whose children are its `array_fields` (feedback alignment's B) and
-whose static part is every other field. The backward (`funcnn.ops._ruled`)
+whose static part is every other field. The backward (`funcnn.ops.ruled`)
 returns zeros for those arrays, so differentiating with respect to a rule's array
 gives zero, which is the truth: the forward does not read B. Only hashable
 configuration (ConvConfig, the pooling geometry) goes into `nondiff_argnums`.
@@ -26,15 +26,21 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from funcnn.ops import avg_pool as _avg_pool
-from funcnn.ops import conv as _conv
-from funcnn.ops import pool as _pool
 from funcnn.ops._windows import WindowConfig, pad_input, place_taps, tap_slice
+from funcnn.ops.kernels.avg_pool import avg_pool_input_grad
+from funcnn.ops.kernels.conv import (
+    conv2d_input_grad,
+    conv2d_reference,
+    conv2d_weight_grad,
+)
+from funcnn.ops.kernels.dense import (
+    dense_input_grad,
+    dense_reference,
+    dense_weight_grad,
+)
+from funcnn.ops.kernels.max_pool import max_pool_argmax, max_pool_input_grad
 
-# funcnn.ops.dense names the function there, so the module's helpers by name:
-from funcnn.ops.dense import dense_input_grad, dense_reference, dense_weight_grad
-
-# The ops whose wrappers run a rule value (through funcnn.ops._ruled's VJPs).
+# The ops whose wrappers run a rule value (through the VJPs in funcnn.ops.ruled).
 RULED_OPS = ("conv2d", "dense", "max_pool2d", "avg_pool2d")
 # Ops with a weight: a rule that does not rewrite one of these cannot quietly fall
 # back to the exact rule, since "the rule's backward" would then be a lie. Ops
@@ -138,16 +144,16 @@ class Rule:
     def conv2d_forward(self, x, w, b, cfg):
         """The forward `(N, C_in, H, W)` -> `(N, C_out, OH, OW)`. Default: the
         plain conv (`funcnn.ops.conv2d_reference`)."""
-        return _conv.conv2d_reference(x, w, b, cfg)
+        return conv2d_reference(x, w, b, cfg)
 
     def conv2d_input_grad(self, g, w, cfg, x_shape):
         """dX of shape `x_shape`. Default: the exact rule with `w` replaced by
         `self.backward_weight(w)`."""
-        return _conv.conv2d_input_grad(g, self.backward_weight(w), cfg, x_shape)
+        return conv2d_input_grad(g, self.backward_weight(w), cfg, x_shape)
 
     def conv2d_weight_grad(self, x, g, cfg, w_shape):
         """dW of shape `w_shape`. Default: the exact rule."""
-        return _conv.conv2d_weight_grad(x, g, cfg, w_shape)
+        return conv2d_weight_grad(x, g, cfg, w_shape)
 
     # -------------------------------------------------------------- dense
 
@@ -167,18 +173,18 @@ class Rule:
 
     def max_pool2d_forward(self, x, win: Window):
         """The forward `(N, C, H, W)` -> `(N, C, OH, OW)`. Default: the max."""
-        return _pool._max_pool_argmax(x, win.cfg)[0]
+        return max_pool_argmax(x, win.cfg)[0]
 
     def max_pool2d_input_grad(self, x, y, g, win: Window):
         """dX `(N, C, H, W)` from the input x, the output y and the deltas g
         `(N, C, OH, OW)`. Default: each delta to its window's first maximum."""
-        _, index = _pool._max_pool_argmax(x, win.cfg)
-        return _pool._max_pool_bwd(win.cfg, index, g)[0]
+        _, index = max_pool_argmax(x, win.cfg)
+        return max_pool_input_grad(g, index, win.cfg)
 
     def avg_pool2d_input_grad(self, g, win: Window):
         """dX `(N, C, H, W)` from the deltas g `(N, C, OH, OW)`. Default: each
         delta divided by its window's count, to every tap."""
-        return _avg_pool._avg_pool_bwd(win.cfg, win.divisor, None, g)[0]
+        return avg_pool_input_grad(g, win.cfg, win.divisor)
 
 
 def _flatten(rule: Rule):

@@ -1,5 +1,6 @@
-"""A plot hook for `fit`: curves.png, filters.png, feature_maps.png, deltas.png
-and, for runs that logged per-layer statistics, grad_flow.png."""
+"""`run_plots`, a plot hook for `fit` (the CLI passes it in): curves.png,
+filters.png, feature_maps.png, deltas.png and, for runs that logged per-layer
+statistics, grad_flow.png."""
 
 from __future__ import annotations
 
@@ -8,6 +9,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+from funcnn.inspect.plots.backward import plot_deltas, plot_grad_flow
+from funcnn.inspect.plots.run import plot_curves, plot_feature_maps, plot_filters
 from funcnn.nn.combinators import serial
 from funcnn.nn.core import Layer
 from funcnn.training.run.metrics import read_metrics
@@ -39,19 +42,17 @@ def run_plots(
     def hook(run_dir: Path | None, state) -> None:
         if run_dir is None:
             return
-        from funcnn.inspect import plots  # matplotlib loads only when wanted
-
         records = [
             {k: math.nan if v is None else v for k, v in r.items()}
             for r in read_metrics(run_dir)
         ]
-        plots.plot_curves(records, run_dir / "curves.png", title=str(run_dir))
+        plot_curves(records, run_dir / "curves.png", title=str(run_dir))
         conv = next((k for k in state.params if k.endswith("_conv")), None)
         if conv is not None:
             title = f"learned filters of {conv}"
             w = state.params[conv]["w"]
-            plots.plot_filters(w, run_dir / "filters.png", title=title)
-        plots.plot_feature_maps(
+            plot_filters(w, run_dir / "filters.png", title=title)
+        plot_feature_maps(
             list(layers),
             state.params,
             state.model_state,
@@ -60,7 +61,7 @@ def run_plots(
             grad=grad,
         )
         if label is not None:
-            plots.plot_deltas(
+            plot_deltas(
                 serial(*layers),
                 state.params,
                 state.model_state,
@@ -70,6 +71,6 @@ def run_plots(
                 grad=grad,
             )
         if any(k.startswith("grad_norm/") for r in records for k in r):
-            plots.plot_grad_flow(records, run_dir / "grad_flow.png", title=str(run_dir))
+            plot_grad_flow(records, run_dir / "grad_flow.png", title=str(run_dir))
 
     return hook

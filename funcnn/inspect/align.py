@@ -9,10 +9,11 @@ The input deltas come from zero probes at every leaf layer's input
 (`funcnn.nn.probe`, the mechanism behind `funcnn.backward_trace`): the loss is
 differentiated with respect to zeros added there (Flax's "perturb" idea, with no
 layer edited). 0 degrees means the same
-direction, under 90 means the rule's update still descends (Lillicrap et al.).
-The angle is `2 * atan2(|u - v|, |u + v|)` of the unit vectors, exact to
-rounding near 0 and 180 degrees where arccos of the cosine is not; NaN when
-either vector is zero.
+direction, under 90 means the rule's update still descends (Lillicrap et al.);
+`funcnn.rules.angle` computes it.
+
+`make_train_step(alignment=True)` logs the same angles at every step
+(`funcnn.training.layer_metrics`).
 """
 
 from __future__ import annotations
@@ -22,9 +23,11 @@ from functools import partial
 from typing import Any, NamedTuple
 
 import jax
-import jax.numpy as jnp
 
-from funcnn.rules.scope import validate
+from funcnn import rules
+from funcnn.nn import probe
+from funcnn.training.layer_metrics import alignment_metrics
+from funcnn.training.losses import loss_fn
 
 
 class LayerAlignment(NamedTuple):
@@ -32,46 +35,6 @@ class LayerAlignment(NamedTuple):
 
     grad: float  # parameter gradient vs the exact parameter gradient
     delta: float  # delta at the layer's input vs the exact one
-
-
-def angle(a: Any, b: Any) -> jax.Array:
-    """Degrees between pytrees `a` and `b` of equal structure, as flat vectors."""
-    va = jnp.concatenate([jnp.ravel(t) for t in jax.tree_util.tree_leaves(a)])
-    vb = jnp.concatenate([jnp.ravel(t) for t in jax.tree_util.tree_leaves(b)])
-    na, nb = jnp.linalg.norm(va), jnp.linalg.norm(vb)
-    ok = (na > 0) & (nb > 0)
-    ua = va / jnp.where(ok, na, 1)
-    ub = vb / jnp.where(ok, nb, 1)
-    rad = 2 * jnp.arctan2(jnp.linalg.norm(ua - ub), jnp.linalg.norm(ua + ub))
-    return jnp.where(ok, jnp.degrees(rad), jnp.nan)
-
-
-def alignment_metrics(specs, res, exact) -> dict[str, jax.Array]:
-    """ "align_grad/<path>" and "align_delta/<path>" in degrees, float32 scalars.
-
-    Args:
-      specs: the leaf layers, from `funcnn.nn.probe.leaf_specs`.
-      res, exact: `funcnn.nn.probe.value_and_grad_with_probes` results under the
-        measured rule and under the exact one, both with input probes, on the same
-        batch, key and params.
-
-    Only layers with parameters are measured.
-    """
-    from funcnn.nn import probe  # imported here: funcnn.nn imports rules
-
-    angles = {}
-    for spec in specs:
-        grads = probe.subtree(res.grads, spec.keys)
-        if not jax.tree_util.tree_leaves(grads):
-            continue
-        exact_grads = probe.subtree(exact.grads, spec.keys)
-        angles[f"align_grad/{spec.path}"] = angle(grads, exact_grads).astype(
-            jnp.float32
-        )
-        angles[f"align_delta/{spec.path}"] = angle(
-            res.delta_in[spec.path], exact.delta_in[spec.path]
-        ).astype(jnp.float32)
-    return angles
 
 
 def alignment(
@@ -103,12 +66,9 @@ def alignment(
       `{layer path: LayerAlignment(grad=degrees, delta=degrees)}` in forward
       order. `grad="custom"` against itself gives 0 everywhere.
     """
-    from funcnn.nn import probe  # imported here: funcnn.nn imports rules
-    from funcnn.training.step import _loss_fn  # and training imports rules
-
-    validate("rules.alignment", grad, model=model)
-    validate("rules.alignment", exact, model=model)
-    loss_of = _loss_fn(loss, label_smoothing)
+    rules.validate("alignment", grad, model=model)
+    rules.validate("alignment", exact, model=model)
+    loss_of = loss_fn(loss, label_smoothing)
     if train and key is None:
         key = jax.random.PRNGKey(0)
     x, y = batch
