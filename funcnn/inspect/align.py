@@ -54,10 +54,13 @@ def alignment(
     exact one on one batch.
 
     Args:
-      model, params, state: the `Layer`, its params and its model state.
+      model: the `Layer`.
+      params: its params.
+      state: its model state.
       batch: `(x, y)`: inputs, e.g. `(N, C, H, W)`, and int labels `(N,)`.
       grad: the rule to measure: a name, a value or a mapping (as `model.apply`).
-      loss, label_smoothing: as in `make_train_step`.
+      loss: as in `make_train_step`.
+      label_smoothing: as in `make_train_step`.
       train: run the model in training mode (BatchNorm batch statistics,
         Dropout with `key`, by default `PRNGKey(0)`), as a train step does.
       exact: the reference rule.

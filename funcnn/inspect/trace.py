@@ -167,7 +167,8 @@ def backward_trace(
 
     Args:
         model: a `Layer`, e.g. `funcnn.serial(...)` or `funcnn.models.lenet()`.
-        params, state: the model's params and state, as `model.init` returns them.
+        params: the model's params, as `model.init` returns them.
+        state: the model's state, as `model.init` returns it.
         batch: `(x, y)` as for `train_step`: x of shape `(N, C, H, W)` (or what the
             model takes), y the labels `(N,)` (or the targets a callable loss takes).
         loss: as in `make_train_step`: "cross_entropy", "mse" (against one-hot

@@ -36,6 +36,7 @@ from funcnn.rules.model import walk as walk
 
 Shape = tuple[int, ...]
 APPLY_KEYWORDS = ("train", "key", "grad", "hook")
+"""The only keywords a layer's `apply` takes; any other is a TypeError."""
 
 
 class Layer(NamedTuple):

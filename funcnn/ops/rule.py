@@ -42,6 +42,7 @@ from funcnn.ops.kernels.max_pool import max_pool_argmax, max_pool_input_grad
 
 # The ops whose wrappers run a rule value (through the VJPs in funcnn.ops.ruled).
 RULED_OPS = ("conv2d", "dense", "max_pool2d", "avg_pool2d")
+"""The ops that run a rule value; a rule's `ops` lists those it rewrites."""
 # Ops with a weight: a rule that does not rewrite one of these cannot quietly fall
 # back to the exact rule, since "the rule's backward" would then be a lie. Ops
 # without a weight (pools, unpooling) keep their exact rule under any rule that

@@ -259,10 +259,13 @@ def make_eval_step(
     """Builds `eval_step(state, batch) -> metrics`, sums that add up over batches.
 
     Args:
-        model, loss, grad, compute_dtype, jit: as in `make_train_step`. The model
-            runs with `train=False` (BatchNorm uses its running statistics, no
-            Dropout); `grad` matters only for rules that change the forward (e.g.
-            a straight-through rule's quantized weights).
+        model: as in `make_train_step`. It runs with `train=False` (BatchNorm
+            uses its running statistics, no Dropout).
+        loss: as in `make_train_step`.
+        grad: as in `make_train_step`; it matters only for rules that change
+            the forward (e.g. a straight-through rule's quantized weights).
+        compute_dtype: as in `make_train_step`.
+        jit: as in `make_train_step`.
 
     Returns:
         `eval_step(state, (x, y))` or `eval_step(state, (x, y, mask))` where x is
