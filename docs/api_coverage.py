@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import ast
 import importlib
+import importlib.util
 import inspect
 import logging
 import re
@@ -114,17 +115,43 @@ def docstring(module: ModuleType, name: str) -> str | None:
 
 
 def resolve(path: str) -> Any:
-    """The object a dotted path names, as Python sees it: each part an attribute
-    of the one before (`funcnn.ops.dense` is the function, not its module), or
-    else a submodule to import. Raises ImportError."""
+    """The object a dotted path names. As Python reads it first: each part an
+    attribute of the one before (`funcnn.ops.dense` is the function, not its
+    module of the same name), or else a submodule to import; failing that, as
+    mkdocstrings reads it: the longest importable module, then attributes
+    (`funcnn.ops.dense.dense`). Raises ImportError."""
     first, *rest = path.split(".")
-    obj = importlib.import_module(first)
-    for i, part in enumerate(rest, start=1):
-        if hasattr(obj, part):
-            obj = getattr(obj, part)
-        else:
-            obj = importlib.import_module(".".join([first, *rest[:i]]))
-    return obj
+    try:
+        obj = importlib.import_module(first)
+        for i, part in enumerate(rest, start=1):
+            if hasattr(obj, part):
+                obj = getattr(obj, part)
+            else:
+                obj = importlib.import_module(".".join([first, *rest[:i]]))
+        return obj
+    except ImportError:
+        pass
+    parts = path.split(".")
+    for i in range(len(parts) - 1, 0, -1):
+        try:
+            obj = importlib.import_module(".".join(parts[:i]))
+        except ImportError:
+            continue
+        try:
+            for part in parts[i:]:
+                obj = getattr(obj, part)
+        except AttributeError:
+            break
+        return obj
+    raise ImportError(f"{path!r} names no module attribute")
+
+
+def _is_module(path: str) -> bool:
+    """Whether `path` is also a submodule (mkdocstrings then documents that)."""
+    try:
+        return importlib.util.find_spec(path) is not None
+    except (ImportError, AttributeError, ValueError):
+        return False
 
 
 def problems(api_dir: Path, pages: dict[str, str] = PAGES) -> list[str]:
@@ -145,9 +172,17 @@ def problems(api_dir: Path, pages: dict[str, str] = PAGES) -> list[str]:
         texts[page.name] = page.read_text(encoding="utf-8")
         for path in DIRECTIVE.findall(texts[page.name]):
             try:
-                documented[id(resolve(path))] = path
+                obj = resolve(path)
             except ImportError as err:
                 out.append(f"api/{page.name}: '::: {path}' names nothing ({err})")
+                continue
+            documented[id(obj)] = path
+            if not inspect.ismodule(obj) and _is_module(path):
+                out.append(
+                    f"api/{page.name}: '::: {path}' renders the module {path}, not "
+                    f"the {type(obj).__name__} of that name; write '::: {path}."
+                    f"{path.rsplit('.', 1)[1]}'"
+                )
     for package, page in pages.items():
         module = importlib.import_module(package)
         text = texts.get(page, "")

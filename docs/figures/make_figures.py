@@ -175,7 +175,7 @@ def main_job(out: Path, quick: bool, names: set[str]) -> None:
             "runs/main-job",
         ]
         if quick:
-            cmd += ["--epochs", "1", "--max-steps", "2"]
+            cmd += ["--epochs", "1", "--max-steps", "2", "--log-every", "1"]
         subprocess.run(cmd, check=True, cwd=tmp, stdout=subprocess.DEVNULL)
         for name in names & {"deltas", "grad_flow"}:
             shutil.copyfile(run / f"{name}.png", out / f"{name}.png")

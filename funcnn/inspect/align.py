@@ -31,7 +31,13 @@ from funcnn.training.losses import loss_fn
 
 
 class LayerAlignment(NamedTuple):
-    """Angles in degrees between a rule's backward and the exact one at a layer."""
+    """Angles in degrees between a rule's backward and the exact one at a layer.
+
+    Attributes:
+        grad: the layer's parameter gradient (all its params as one vector)
+            against the exact parameter gradient.
+        delta: the delta at the layer's input, dL/d(input), against the exact one.
+    """
 
     grad: float  # parameter gradient vs the exact parameter gradient
     delta: float  # delta at the layer's input vs the exact one

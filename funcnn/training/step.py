@@ -38,6 +38,15 @@ class TrainState(NamedTuple):
     """Everything a training run carries from step to step.
 
     Every leaf is an array, so the whole state saves with `save_checkpoint`.
+
+    Attributes:
+        params: the model's parameters, a pytree of float32 arrays keyed by layer
+            path, e.g. `{"00_conv": {"w": (C_out, C_in, KH, KW), "b": (C_out,)}}`.
+        model_state: the model's state from `model.init`, e.g. BatchNorm's
+            running mean and variance of shape `(C,)`.
+        opt_state: the optax optimizer's state for `params`.
+        step: int32 of shape `()`: the train steps taken so far.
+        key: uint32 of shape `(2,)`: the raw PRNG key the steps split.
     """
 
     params: Any  # pytree of float32 arrays from model.init, e.g. {"00_conv": {...}}
