@@ -15,6 +15,7 @@ from collections.abc import Iterable, Iterator
 import numpy as np
 
 AUGMENTATIONS = ("none", "shift", "crop-flip")
+"""The names `augment_batches` takes: none, random shifts, random crops and flips."""
 
 
 def augment_batches(
@@ -36,7 +37,8 @@ def augment_batches(
         batches: pairs `(x, y)`, x of shape `(B, C, H, W)`, e.g. from `batches`.
         augment: `"none"`, `"shift"` (`random_shift` by up to `shift` pixels) or
             `"crop-flip"` (`random_crop_flip` with `pad`).
-        seed, epoch: the run's data seed and the epoch number.
+        seed: the run's data seed.
+        epoch: the epoch number.
         fill: the border value, a scalar or `(C,)` (e.g. a normalised black pixel).
 
     Returns:

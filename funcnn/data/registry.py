@@ -11,6 +11,7 @@ from funcnn.data.idx import load_mnist
 from funcnn.data.npz import load_npz
 
 DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "npz")
+"""The names `load_dataset` takes."""
 
 
 def load_dataset(

@@ -31,7 +31,13 @@ from funcnn.training.losses import loss_fn
 
 
 class LayerAlignment(NamedTuple):
-    """Angles in degrees between a rule's backward and the exact one at a layer."""
+    """Angles in degrees between a rule's backward and the exact one at a layer.
+
+    Attributes:
+        grad: the layer's parameter gradient (all its params as one vector)
+            against the exact parameter gradient.
+        delta: the delta at the layer's input, dL/d(input), against the exact one.
+    """
 
     grad: float  # parameter gradient vs the exact parameter gradient
     delta: float  # delta at the layer's input vs the exact one
@@ -54,10 +60,13 @@ def alignment(
     exact one on one batch.
 
     Args:
-      model, params, state: the `Layer`, its params and its model state.
+      model: the `Layer`.
+      params: its params.
+      state: its model state.
       batch: `(x, y)`: inputs, e.g. `(N, C, H, W)`, and int labels `(N,)`.
       grad: the rule to measure: a name, a value or a mapping (as `model.apply`).
-      loss, label_smoothing: as in `make_train_step`.
+      loss: as in `make_train_step`.
+      label_smoothing: as in `make_train_step`.
       train: run the model in training mode (BatchNorm batch statistics,
         Dropout with `key`, by default `PRNGKey(0)`), as a train step does.
       exact: the reference rule.

@@ -74,8 +74,9 @@ def gradcheck(
       kwargs: keyword arguments for an op (stride=..., padding=...).
       input_shape: draw a random normal input of this shape for a layer (a batch
         axis of -1 becomes 2).
-      params, state: a layer's parameters and state; by default `layer.init` makes
-        them from the seed.
+      params: a layer's parameters; by default `layer.init` makes them from the
+        seed.
+      state: a layer's state; by default `layer.init` makes it.
       labels: makes the target a model whose objective is `loss(outputs, labels)`,
         e.g. integer labels of shape `(N,)` for the default softmax cross-entropy.
       loss: `loss(outputs, labels) -> scalar`, e.g. `funcnn.mse` with targets.
@@ -89,8 +90,10 @@ def gradcheck(
         a seeded random sample of this many.
       directions: random directional derivatives per leaf (0 for none).
       eps: the FD step h.
-      ad_tol, fd_tol: `(atol, rtol)`; a leaf passes when its largest absolute
-        error is at most `atol + rtol * (largest gradient magnitude compared)`.
+      ad_tol: `(atol, rtol)` against autodiff; a leaf passes when its largest
+        absolute error is at most `atol + rtol * (largest gradient magnitude
+        compared)`.
+      fd_tol: `(atol, rtol)` against finite differences, likewise.
       seed: seeds the cotangent, the FD sample and directions, and whatever
         `gradcheck` initialises (params, the random input, Dropout's key).
       title: the report's heading; defaults to the target's name.

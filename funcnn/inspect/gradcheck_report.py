@@ -19,6 +19,22 @@ class LeafCheck(NamedTuple):
 
     Each error is the largest absolute difference and that difference relative to
     the largest gradient magnitude among the values compared.
+
+    Attributes:
+        name: the leaf, e.g. `params['00_conv']['w']` or `x`.
+        shape: its shape.
+        ad_abs: custom vs autodiff, over every coordinate: the absolute error.
+        ad_rel: the same, relative.
+        ad_ok: whether it passed the autodiff tolerance.
+        fd_abs: custom vs float64 finite differences, over the smooth
+            coordinates and directions: the absolute error.
+        fd_rel: the same, relative.
+        fd_ok: whether it passed the FD tolerance.
+        fd_coords: coordinates differenced: all of a small leaf, else a sample.
+        fd_directions: random directional derivatives taken.
+        nonsmooth: coordinates skipped as non-smooth (a max's tie within the FD
+            step), as index tuples.
+        nonsmooth_directions: directions skipped as non-smooth.
     """
 
     name: str  # e.g. "params['00_conv']['w']", "x"
@@ -63,6 +79,16 @@ class GradcheckReport:
     that it was asked for but not made, because the custom and autodiff gradients
     trace to the same jaxpr (a layer without a custom rule): comparing a function
     with itself would only ever print a zero.
+
+    Attributes:
+        title: the report's heading.
+        objective: what was differentiated, e.g. "vdot(output, random g)".
+        rows: one `LeafCheck` per differentiated leaf.
+        eps: the finite-difference step h.
+        ad_tol: `(atol, rtol)` of the autodiff comparison.
+        fd_tol: `(atol, rtol)` of the finite-difference comparison.
+        autodiff: whether the autodiff comparison was asked for.
+        same_path: whether it was skipped because both modes trace alike.
     """
 
     title: str

@@ -37,6 +37,16 @@ class LayerTrace:
 
     Arrays have the shapes `apply` sees, batch axis first; a layer with a tuple
     input or output (Split, Concat, Add, after `branches`) has tuples there.
+
+    Attributes:
+        path: the key path in params, e.g. "03_conv", "05_residual/00_conv".
+        name: the layer's name, e.g. "conv".
+        input: x fed to the layer, e.g. of shape `(N, C, H, W)`.
+        output: y = layer(x), e.g. of shape `(N, C_out, OH, OW)`.
+        delta_in: dL/dx, the delta this layer sends back, shaped like `input`.
+        delta_out: dL/dy, the layer's delta (error term, sensitivity), shaped
+            like `output`.
+        param_grads: dL/d(this layer's params), a tree like its params, or {}.
     """
 
     path: str  # key path in params, e.g. "03_conv", "05_residual/00_conv"
@@ -57,7 +67,12 @@ class LayerTrace:
 @dataclasses.dataclass(frozen=True)
 class BackwardTrace:
     """What `backward_trace` returns: the loss and one `LayerTrace` per leaf layer,
-    in forward order. `trace["03_conv"]` (or `trace[3]`) picks one layer."""
+    in forward order. `trace["03_conv"]` (or `trace[3]`) picks one layer.
+
+    Attributes:
+        loss: of shape `()`: the batch-mean loss, as `train_step` computes it.
+        layers: one `LayerTrace` per leaf layer, in forward order.
+    """
 
     loss: jax.Array  # shape=(): the batch-mean loss, as train_step computes it
     layers: list[LayerTrace]
@@ -167,7 +182,8 @@ def backward_trace(
 
     Args:
         model: a `Layer`, e.g. `funcnn.serial(...)` or `funcnn.models.lenet()`.
-        params, state: the model's params and state, as `model.init` returns them.
+        params: the model's params, as `model.init` returns them.
+        state: the model's state, as `model.init` returns it.
         batch: `(x, y)` as for `train_step`: x of shape `(N, C, H, W)` (or what the
             model takes), y the labels `(N,)` (or the targets a callable loss takes).
         loss: as in `make_train_step`: "cross_entropy", "mse" (against one-hot

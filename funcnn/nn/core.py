@@ -36,10 +36,21 @@ from funcnn.rules.model import walk as walk
 
 Shape = tuple[int, ...]
 APPLY_KEYWORDS = ("train", "key", "grad", "hook")
+"""The only keywords a layer's `apply` takes; any other is a TypeError."""
 
 
 class Layer(NamedTuple):
-    """A layer: `init(key, input_shape)` and `apply(params, state, x, **kw)`."""
+    """A layer: `init(key, input_shape)` and `apply(params, state, x, **kw)`.
+
+    Attributes:
+        init: `init(key, input_shape) -> (output_shape, params, state)`; shapes
+            include the batch axis, which may be -1.
+        apply: `apply(params, state, x, *, train=False, key=None,
+            grad="custom", hook=None) -> (y, state)`.
+        name: the short name in parameter keys, e.g. "conv" in "03_conv".
+        children: a combinator's `(key, layer)` pairs in order; () for a leaf.
+        info: a leaf's `LayerInfo` (its op and weight initializer), or None.
+    """
 
     init: Callable[..., tuple[Any, Any, Any]]
     apply: Callable[..., tuple[Any, Any]]

@@ -13,6 +13,13 @@ from funcnn.ops import _args
 
 
 class BatchNormState(NamedTuple):
+    """A BatchNorm layer's state: its running statistics, per channel.
+
+    Attributes:
+        mean: the running mean of shape `(C,)`, float32 (or float64).
+        var: the running (unbiased) variance of shape `(C,)`, same dtype.
+    """
+
     mean: jax.Array  # shape=(C,) running mean, float32 (or float64)
     var: jax.Array  # shape=(C,) running (unbiased) variance, same dtype
 

@@ -42,6 +42,7 @@ from funcnn.ops.kernels.max_pool import max_pool_argmax, max_pool_input_grad
 
 # The ops whose wrappers run a rule value (through the VJPs in funcnn.ops.ruled).
 RULED_OPS = ("conv2d", "dense", "max_pool2d", "avg_pool2d")
+"""The ops that run a rule value; a rule's `ops` lists those it rewrites."""
 # Ops with a weight: a rule that does not rewrite one of these cannot quietly fall
 # back to the exact rule, since "the rule's backward" would then be a lie. Ops
 # without a weight (pools, unpooling) keep their exact rule under any rule that
@@ -75,7 +76,11 @@ class Rule:
 
     Use it by value (`grad=SignOnly()`) or by name after `rules.register`.
 
-    Class attributes:
+    Arrays the methods see: x `(N, C_in, H, W)` or `(N, F_in)`; w `(C_out,
+    C_in // G, KH, KW)` or `(F_out, F_in)`; g, the output deltas, `(N, C_out, OH,
+    OW)` or `(N, F_out)`. The bias gradient is always the exact sum of the deltas.
+
+    Attributes:
       ops: the ops whose backward (or forward) the rule rewrites, among
         `RULED_OPS`. Ops without a weight that are not listed keep their exact
         rule; a weighted op not listed (a conv under a dense-only rule) is an error.
@@ -83,10 +88,6 @@ class Rule:
         travel through `jax.custom_vjp` as differentiable inputs with zero
         cotangents; every other field is static configuration and must be
         hashable (numbers, strings, tuples).
-
-    Arrays the methods see: x `(N, C_in, H, W)` or `(N, F_in)`; w `(C_out,
-    C_in // G, KH, KW)` or `(F_out, F_in)`; g, the output deltas, `(N, C_out, OH,
-    OW)` or `(N, F_out)`. The bias gradient is always the exact sum of the deltas.
     """
 
     ops: ClassVar[tuple[str, ...]] = ()
@@ -217,6 +218,10 @@ class Window(NamedTuple):
     `taps(x)` reads the input under each of the KH*KW window taps (row-major
     order), each of shape `(N, C, OH, OW)`; `place(parts)` is its transpose: it
     adds each part back where its tap read from, giving `(N, C, H, W)`.
+
+    Attributes:
+        cfg: the pooling geometry (window, strides, padding, dilation, layout).
+        divisor: for a mean pool, the static `(OH, OW)` window counts; else None.
     """
 
     cfg: WindowConfig

@@ -46,8 +46,9 @@ def max_unpool2d(
         output's `(H, W)` plane, as `max_pool2d(..., return_indices=True)` returns.
         Positions outside the output are dropped (they cannot be checked before
         the values are known).
-      window, stride, padding: those of the max pool, to size the output: int or
-        pair (stride None means the window); padding an int, pair or pair of pairs.
+      window: the max pool's window, to size the output: an int or a pair.
+      stride: the max pool's stride, an int or a pair; None means the window.
+      padding: the max pool's padding: an int, a pair or a pair of pairs.
       output_size: the output's `(H, W)`, or its whole shape; None gives
         `H = (OH - 1)*SH - top - bottom + KH`, likewise W. Any other size must lie
         strictly within one stride of that (the sizes a pool with this stride maps

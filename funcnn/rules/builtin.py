@@ -53,7 +53,7 @@ class FeedbackAlignment(Rule):
     """Feedback alignment (Lillicrap et al. 2016) for conv2d and dense: the input
     delta flows through fixed random weights B instead of W; dW and db are exact.
 
-    Fields:
+    Attributes:
       feedback: B, an array of w's shape, or None. With None, each layer draws
         its own B from `seed` and its layer path, with the layer's initializer
         (`draw_feedback`); at op level (path "") with He normal.

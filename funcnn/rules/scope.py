@@ -25,7 +25,12 @@ _GLOB = frozenset("*?[")
 
 
 class Scoped(NamedTuple):
-    """A grad mapping seen from one layer path. Hashable: `table` is a tuple."""
+    """A grad mapping seen from one layer path. Hashable: `table` is a tuple.
+
+    Attributes:
+        table: the `(key, rule)` pairs of the mapping, in the user's order.
+        path: the layer names from the model's root to this layer.
+    """
 
     table: tuple[tuple[str, Any], ...]  # (key, rule) pairs in the user's order
     path: tuple[str, ...]  # names from the model's root to this layer

@@ -159,8 +159,12 @@ def make_optimizer(
             "adamw" it is `optax.add_decayed_weights` before the optimizer, i.e.
             `weight_decay * w` joins the gradient; "adamw" decouples it, as in
             `optax.adamw`.
-        schedule, total_steps, warmup_steps: see `make_schedule`.
-        b1, b2, eps: Adam's moment decays and epsilon ("adam", "adamw").
+        schedule: see `make_schedule`.
+        total_steps: see `make_schedule`.
+        warmup_steps: see `make_schedule`.
+        b1: Adam's first-moment decay ("adam", "adamw").
+        b2: Adam's second-moment decay.
+        eps: Adam's epsilon.
         clip_norm: if set, gradients are first clipped to this global norm.
 
     Returns:

@@ -38,6 +38,15 @@ class TrainState(NamedTuple):
     """Everything a training run carries from step to step.
 
     Every leaf is an array, so the whole state saves with `save_checkpoint`.
+
+    Attributes:
+        params: the model's parameters, a pytree of float32 arrays keyed by layer
+            path, e.g. `{"00_conv": {"w": (C_out, C_in, KH, KW), "b": (C_out,)}}`.
+        model_state: the model's state from `model.init`, e.g. BatchNorm's
+            running mean and variance of shape `(C,)`.
+        opt_state: the optax optimizer's state for `params`.
+        step: int32 of shape `()`: the train steps taken so far.
+        key: uint32 of shape `(2,)`: the raw PRNG key the steps split.
     """
 
     params: Any  # pytree of float32 arrays from model.init, e.g. {"00_conv": {...}}
@@ -259,10 +268,13 @@ def make_eval_step(
     """Builds `eval_step(state, batch) -> metrics`, sums that add up over batches.
 
     Args:
-        model, loss, grad, compute_dtype, jit: as in `make_train_step`. The model
-            runs with `train=False` (BatchNorm uses its running statistics, no
-            Dropout); `grad` matters only for rules that change the forward (e.g.
-            a straight-through rule's quantized weights).
+        model: as in `make_train_step`. It runs with `train=False` (BatchNorm
+            uses its running statistics, no Dropout).
+        loss: as in `make_train_step`.
+        grad: as in `make_train_step`; it matters only for rules that change
+            the forward (e.g. a straight-through rule's quantized weights).
+        compute_dtype: as in `make_train_step`.
+        jit: as in `make_train_step`.
 
     Returns:
         `eval_step(state, (x, y))` or `eval_step(state, (x, y, mask))` where x is

@@ -70,12 +70,15 @@ def plot_deltas(
     winner of its window.
 
     Args:
-        model, params, model_state: the model and its params and state; it runs
-            in evaluation mode (`train=False`) through `funcnn.backward_trace`.
+        model: the model; it runs in evaluation mode (`train=False`) through
+            `funcnn.backward_trace`.
+        params: its params.
+        model_state: its state.
         image: one input of shape `(C, H, W)` (already normalised).
         label: its class, for the loss.
         path: the PNG file to write.
-        grad, loss: as in `backward_trace`.
+        grad: as in `backward_trace`.
+        loss: as in `backward_trace`.
         kinds: the layer names whose `delta_out` is shown (4-D outputs only).
         pool: the path of the max pool whose `delta_in` is shown (the first max
             pool by default; none if the model has none).

@@ -19,6 +19,7 @@ from matplotlib.figure import Figure
 from funcnn.nn.core import Layer
 
 FEATURE_LAYERS = ("conv", "maxpool", "avgpool")
+"""The layer names whose outputs (and deltas) the run plots show by default."""
 
 
 def _save(fig: Figure, path: str | os.PathLike) -> Path:
@@ -128,8 +129,8 @@ def layer_outputs(
 
     Args:
         layers: the layers passed to `funcnn.serial`.
-        params, model_state: that serial model's params and state, dicts keyed
-            `"{i:02d}_{layer.name}"`.
+        params: that serial model's params, a dict keyed `"{i:02d}_{layer.name}"`.
+        model_state: its state, keyed the same way.
         x: an input batch of shape `(N, C, H, W)`.
         grad: passed to every layer.
 
@@ -164,7 +165,10 @@ def plot_feature_maps(
     """The feature maps of one image after each conv and pool layer.
 
     Args:
-        layers, params, model_state, grad: as in `layer_outputs`.
+        layers: as in `layer_outputs`.
+        params: as in `layer_outputs`.
+        model_state: as in `layer_outputs`.
+        grad: as in `layer_outputs`.
         image: one input of shape `(C, H, W)` (already normalised).
         path: the PNG file to write.
         kinds: the layer names whose outputs are shown.

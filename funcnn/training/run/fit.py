@@ -85,8 +85,9 @@ def fit(
             first leaf.
         epochs: the number of epochs.
         steps_per_epoch: the batches taken from each epoch; None takes all.
-        eval_step, eval_data: `funcnn.make_eval_step(...)` and `(x, y)`: the test
+        eval_step: `funcnn.make_eval_step(...)`, with `eval_data`: the test
             metrics of `funcnn.evaluate` at every epoch end, logged as "test_*".
+        eval_data: the test set `(x, y)` for `eval_step`.
         eval_batch_size: examples per evaluation call.
         out_dir: the run directory (a path or an open `RunDir`): config.json,
             metrics.jsonl, checkpoints. None keeps nothing on disk.
