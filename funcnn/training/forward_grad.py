@@ -66,10 +66,14 @@ def forward_value_and_grad(
     def along(v):
         return jax.jvp(objective, (params,), (v,), has_aux=True)
 
-    # The primal does not depend on v, so vmap runs it once and broadcasts it.
-    values, dots, auxes = jax.vmap(along)(vs)
-    value = values[0]
-    aux = jax.tree_util.tree_map(lambda a: a[0], auxes)
+    if rule.directions == 1:  # no batching of the tangents: plain convs
+        value, dot, aux = along(jax.tree_util.tree_map(lambda v: v[0], vs))
+        dots = dot[None]
+    else:
+        # The primal does not depend on v, so vmap runs it once and broadcasts it.
+        values, dots, auxes = jax.vmap(along)(vs)
+        value = values[0]
+        aux = jax.tree_util.tree_map(lambda a: a[0], auxes)
     k = rule.directions
     grads = jax.tree_util.tree_map(
         lambda v: jnp.tensordot(dots.astype(v.dtype), v, axes=1) / k, vs
