@@ -62,7 +62,7 @@ def straight_through(system, twin):
         stop = lax.stop_gradient
         return y_twin + stop(system(stop(params), stop(x)) - y_twin), state
 
-    return funcnn.Layer(twin.init, apply, twin.name)
+    return funcnn.Layer(twin.init, apply, twin.name, twin.children)
 
 
 def arrays(seed=0):
@@ -161,6 +161,37 @@ def test_a_rule_given_to_the_twin_runs_in_the_backward():
     b_plain = rules.feedback_weights(plain, params, fa)
     assert sorted(b) == sorted(b_plain) == ["00_dense", "01_dense"]
     np.testing.assert_array_equal(b["00_dense"], b_plain["00_dense"])
+
+
+def test_a_combinator_twin_keeps_its_layer_paths():
+    """A twin of two layers: mappings address its inner layers, whose paths
+    (and feedback weights) are those of the twin standing at that place."""
+
+    def dev(params, x):
+        return jnp.tanh(1.1 * x @ params["00_dense"]["w"].T)
+
+    block = funcnn.serial(funcnn.Dense(5, use_bias=False), funcnn.Tanh())
+    physical = funcnn.serial(funcnn.Physical(dev, block), funcnn.Dense(3))
+    reference = funcnn.serial(straight_through(dev, block), funcnn.Dense(3))
+    assert funcnn.leaf_paths(physical) == [
+        "00_serial/00_dense", "00_serial/01_tanh", "01_dense"
+    ]  # fmt: skip
+    _, params, state = physical.init(jax.random.key(0), (4, 6))
+    x = np.random.default_rng(1).standard_normal((4, 6)).astype(np.float32)
+    grad = {"00_serial/00_dense": rules.feedback_alignment(seed=2), "*": "custom"}
+
+    @jax.jit
+    def both(params):
+        def dx(model):
+            f = lambda x: jnp.sum(model.apply(params, state, x, grad=grad)[0] ** 2)  # noqa: E731
+            return jax.grad(f)(x)
+
+        return dx(physical), dx(reference)
+
+    got, expected = both(params)
+    assert_close(got, expected, 1e-5)
+    with pytest.raises(ValueError, match="00_serial/00_conv"):
+        physical.apply(params, state, x, grad={"00_serial/00_conv": "custom"})
 
 
 def test_host_second_derivatives_and_vmap():

@@ -190,8 +190,11 @@ def Physical(
     sit under the key the twin would have, e.g. `"03_conv"`, and a model trained
     on the twin loads into the physical model unchanged). `grad=` reaches the
     twin's layers at the layer's own path, as if the twin stood there: feedback
-    alignment draws the same B. The layer hook (`funcnn.backward_trace`) sees one
-    leaf whose output is the measured one.
+    alignment draws the same B. A twin of several layers (e.g. `serial(Conv2D(8,
+    3), Relu())` at "03_serial") keeps its layers' paths ("03_serial/00_conv")
+    in `Layer.children`, for grad mappings and `rules.feedback_weights`. The
+    layer hook (`funcnn.backward_trace`) sees the Physical layer as one leaf,
+    whose output is the measured one: no twin forward runs in the forward pass.
 
     Args:
       system: `system(params, x) -> y`, or `system(params, x, key) -> y` for a
