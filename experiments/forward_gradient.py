@@ -224,7 +224,7 @@ def main(argv=None) -> int:
                     run = train_one(method, d, seed, epochs, out / where)
                     runs.append(dict(run, dataset=name))
                     bar.update()
-            timed = ["backprop", "backprop_autodiff"] + fgs
+            timed = ["backprop"] + ([] if args.quick else ["backprop_autodiff"]) + fgs
             timings[name] = time_steps(d, timed, args.rounds, 5 if args.quick else 50)
             text += table(runs, timings[name], name) + "\n"
             records += runs
