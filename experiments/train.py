@@ -74,7 +74,13 @@ RECIPES = {  # --dataset -> its defaults; flags given explicitly win
         label_smoothing=0.0,
     ),
 }
-GRADS = ("custom", "autodiff", "feedback_alignment", "sign_symmetry")
+GRADS = (
+    "custom",
+    "autodiff",
+    "feedback_alignment",
+    "sign_symmetry",
+    "forward_gradient",
+)
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 FREE = ("epochs", "no_plots", *cluster.ARGUMENT_NAMES)  # a resume may change them
 SHIFT_PIXELS = 0.5  # the largest translation of --augment shift
@@ -207,6 +213,8 @@ def setup(args, mesh, run) -> dict:
             order, args.augment, **seeds, fill=black, shift=SHIFT_PIXELS
         )
 
+    # Forward gradients run no backward pass: no deltas to draw.
+    whole_step = args.grad == "forward_gradient"
     config = dict(vars(args))
     norm_stats = {"mean": norm.mean.tolist(), "std": norm.std.tolist()}
     config.update(num_classes=ds.num_classes, normalizer=norm_stats)
@@ -223,7 +231,12 @@ def setup(args, mesh, run) -> dict:
         data_fingerprint=data_fingerprint(ds.x_train, ds.y_train),
         plot=None
         if args.no_plots
-        else run_plots(layers, x_test[0], ds.y_test[0], grad=args.grad),
+        else run_plots(
+            layers,
+            x_test[0],
+            None if whole_step else ds.y_test[0],
+            grad="custom" if whole_step else args.grad,
+        ),
         **runcli.fit_options(args),
     )
 

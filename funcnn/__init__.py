@@ -58,6 +58,7 @@ from funcnn.nn.models import unet_small as unet_small
 from funcnn.nn.models import vgg_small as vgg_small
 from funcnn.nn.models import vgg_small_layers as vgg_small_layers
 from funcnn.nn.norm import BatchNorm as BatchNorm
+from funcnn.nn.physical import Physical as Physical
 from funcnn.nn.pool import AdaptiveAvgPool2D as AdaptiveAvgPool2D
 from funcnn.nn.pool import AdaptiveMaxPool2D as AdaptiveMaxPool2D
 from funcnn.nn.pool import AvgPool2D as AvgPool2D

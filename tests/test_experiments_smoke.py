@@ -26,6 +26,10 @@ SCRIPTS = {  # script -> (arguments, a text the output must contain)
     "backprop_worked_example.py": (["--steps", "2"], "E_total after 2 steps"),
     "bench.py": (["--help"], "usage:"),
     "determinism.py": (["--help"], "usage:"),
+    "forward_gradient.py": (
+        ["--quick", "--out-dir", "{tmp}/fg"],
+        "| forward_gradient/1 | 40 |",
+    ),
     "gradcheck_report.py": (["--help"], "usage:"),
     "learning_rules.py": (
         [
@@ -41,6 +45,7 @@ SCRIPTS = {  # script -> (arguments, a text the output must contain)
         ],
         "| feedback alignment |",
     ),  # fmt: skip
+    "physics_aware.py": (["--quick", "--out-dir", "{tmp}/pat"], "(reached) |"),
     "scaling.py": (
         [
             "--devices",

@@ -33,6 +33,7 @@ from funcnn.nn.core import leaf_paths as leaf_paths
 from funcnn.nn.core import walk as walk
 from funcnn.nn.norm import BatchNorm as BatchNorm
 from funcnn.nn.norm import BatchNormState as BatchNormState
+from funcnn.nn.physical import Physical as Physical
 from funcnn.nn.pool import AdaptiveAvgPool2D as AdaptiveAvgPool2D
 from funcnn.nn.pool import AdaptiveMaxPool2D as AdaptiveMaxPool2D
 from funcnn.nn.pool import AvgPool2D as AvgPool2D

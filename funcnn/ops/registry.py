@@ -12,7 +12,7 @@ import difflib
 from collections.abc import Mapping
 from typing import Any
 
-from funcnn.ops.rule import Rule, _flatten
+from funcnn.ops.rule import Rule, StepRule, _flatten
 
 BUILTIN = ("custom", "autodiff")
 
@@ -21,6 +21,8 @@ _REGISTRY: dict[str, Rule] = {}
 
 
 _LIBRARY_NAMES: list[str] = []  # registered by funcnn itself, listed in messages
+
+_STEP_RULES: dict[str, StepRule] = {}  # names of whole-step rules (forward_gradient)
 
 
 def names() -> tuple[str, ...]:
@@ -45,8 +47,16 @@ def lookup(func: str, grad: Any, where: str = "") -> Rule | str:
     """A rule name or value as "custom", "autodiff" or a `Rule` value.
 
     Raises:
-      ValueError, TypeError: for an unknown name or anything else.
+      ValueError, TypeError: for an unknown name, a whole-step rule
+        (`StepRule`, e.g. "forward_gradient") or anything else.
     """
+    if step_rule(grad) is not None:
+        raise ValueError(
+            f"{func}: expected grad{where} to be a rule for each op, got {grad!r}, "
+            "which replaces the whole backward pass of a train step. Pass it alone "
+            "to make_train_step(grad=...); ops, layers, model.apply, "
+            "backward_trace and grad mappings take per-op rules such as 'custom'."
+        )
     if isinstance(grad, str):
         if grad in BUILTIN:
             return grad
@@ -135,3 +145,25 @@ def check_grad_mode(op: str, grad: Any) -> Any:
     if isinstance(grad, str) and grad in BUILTIN:
         return grad
     return resolve(op, grad)
+
+
+def register_step_rule(rule: StepRule) -> StepRule:
+    """Makes the whole-step rule `rule` usable as `grad=rule.name` in
+    `make_train_step` (funcnn's own: "forward_gradient"). Returns it."""
+    if not isinstance(rule, StepRule) or not rule.name or rule.name in BUILTIN:
+        raise TypeError(
+            f"rules.register_step_rule: expected a StepRule value with a new name, "
+            f"got {rule!r}."
+        )
+    _STEP_RULES[rule.name] = rule
+    return rule
+
+
+def step_rule(grad: Any) -> StepRule | None:
+    """The whole-step rule `grad` names or is, else None (a per-op rule, a
+    mapping or anything else)."""
+    if isinstance(grad, StepRule):
+        return grad
+    if isinstance(grad, str):
+        return _STEP_RULES.get(grad)
+    return None

@@ -250,3 +250,13 @@ def unsupported(op: str, rule: Rule, where: str = "", who: str = "") -> str:
         f"rewrites only {tuple(rule.ops)}. Give such layers another rule with a "
         "mapping, e.g. grad={'*conv*': rule, '*': 'custom'}."
     )
+
+
+class StepRule:
+    """A rule that replaces a train step's whole backward pass rather than one
+    op's: `make_train_step(grad=...)` runs it, while ops, layers, `model.apply`,
+    `backward_trace` and grad mappings, which need a rule per op, refuse it.
+    `funcnn.rules.forward_gradient` is one. Subclasses are frozen dataclasses
+    with hashable fields and set `name`."""
+
+    name: ClassVar[str] = ""

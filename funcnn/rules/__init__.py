@@ -7,7 +7,8 @@ or a mapping from layer paths or glob patterns to those (see
 `funcnn.rules.scope`). A rule is a value: print it, hold it, pass it; nothing is
 switched globally. `Rule` documents the protocol a user rule follows;
 `angle` measures how far a rule's update is from the exact one (`funcnn.alignment`
-uses it per layer).
+uses it per layer). `forward_gradient` is a rule of another kind (a `StepRule`):
+it replaces a train step's whole backward pass, so only `make_train_step` takes it.
 
 Imports go one way: `funcnn.ops` below, nothing of `funcnn.nn`, `funcnn.training`
 or `funcnn.inspect`. A model is read through its `children` and `LayerInfo`
@@ -17,8 +18,10 @@ or `funcnn.inspect`. A model is read through its `children` and `LayerInfo`
 from funcnn.ops.registry import names as names
 from funcnn.ops.registry import register as register
 from funcnn.ops.registry import registered as registered
+from funcnn.ops.registry import step_rule as step_rule
 from funcnn.ops.rule import RULED_OPS as RULED_OPS
 from funcnn.ops.rule import Rule as Rule
+from funcnn.ops.rule import StepRule as StepRule
 from funcnn.ops.rule import Window as Window
 from funcnn.rules import examples as examples
 from funcnn.rules.angles import angle as angle
@@ -27,6 +30,8 @@ from funcnn.rules.builtin import SignSymmetry as SignSymmetry
 from funcnn.rules.builtin import draw_feedback as draw_feedback
 from funcnn.rules.builtin import feedback_alignment as feedback_alignment
 from funcnn.rules.builtin import sign_symmetry as sign_symmetry
+from funcnn.rules.forward import ForwardGradient as ForwardGradient
+from funcnn.rules.forward import forward_gradient as forward_gradient
 from funcnn.rules.layers import check_model as check_model
 from funcnn.rules.layers import feedback_weights as feedback_weights
 from funcnn.rules.layers import layer_rule as layer_rule

@@ -28,6 +28,7 @@ from funcnn import rules
 from funcnn.nn import probe
 from funcnn.nn.core import Layer
 from funcnn.training import precision
+from funcnn.training.forward_grad import forward_value_and_grad
 from funcnn.training.layer_metrics import alignment_metrics
 from funcnn.training.losses import accuracy, loss_fn
 from funcnn.training.optim import learning_rate
@@ -155,7 +156,11 @@ def make_train_step(
             `(outputs (N, K), labels (N,)) -> scalar`.
         grad: the backward rules of the convs, pools and dense layers: a rule
             name ("custom", "autodiff", "feedback_alignment", ...), a rule value,
-            or a mapping from layer paths to those (`funcnn.rules`).
+            or a mapping from layer paths to those (`funcnn.rules`). Or a rule
+            for the whole step: `rules.forward_gradient(K)` (or
+            "forward_gradient") estimates the gradient from K forward-mode
+            directional derivatives and runs no backward pass
+            (`funcnn.training.forward_grad`).
         label_smoothing: eps in [0, 1) for "cross_entropy": the targets become
             `(1 - eps) * one_hot + eps / K`, and the logged loss is that loss.
         layer_stats: also return, per leaf-layer path (e.g. "03_conv"),
@@ -189,7 +194,20 @@ def make_train_step(
         donating call consumed.
     """
     func = "make_train_step"
-    rules.validate(func, grad, model=model)
+    whole_step = rules.step_rule(grad)
+    if whole_step is not None and not isinstance(whole_step, rules.ForwardGradient):
+        raise TypeError(
+            f"{func}: expected a whole-step rule that make_train_step runs "
+            f"(forward_gradient), got {whole_step!r}."
+        )
+    if whole_step is not None and (layer_stats or alignment):
+        raise ValueError(
+            f"{func}: expected layer_stats=False and alignment=False with "
+            f"{whole_step!r}, got layer_stats={layer_stats}, alignment={alignment}. "
+            "They measure per-layer deltas of a backward pass, which it never runs."
+        )
+    if whole_step is None:
+        rules.validate(func, grad, model=model)
     check_optimizer(func, optimizer)
     loss_of = loss_fn(loss, label_smoothing)
     dtype = precision.check_compute_dtype(func, compute_dtype)
@@ -222,9 +240,18 @@ def make_train_step(
             out = out.astype(jnp.promote_types(out.dtype, jnp.float32))
             return loss_of(out, y), (out, model_state)
 
-        (value, (out, model_state)), grads, extra = _value_and_grad(
-            objective, state.params, layer_stats=layer_stats, alignment=alignment
-        )
+        if whole_step is not None:  # forward gradients: no backward pass
+            (value, (out, model_state)), grads, _ = forward_value_and_grad(
+                lambda p: objective(p, rule="autodiff"),
+                state.params,
+                jax.random.fold_in(step_key, 1),
+                whole_step,
+            )
+            extra = {}
+        else:
+            (value, (out, model_state)), grads, extra = _value_and_grad(
+                objective, state.params, layer_stats=layer_stats, alignment=alignment
+            )
         updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
         params = optax.apply_updates(state.params, updates)
         ok = jnp.isfinite(value) & _all_finite(grads) & _all_finite(params)
@@ -272,7 +299,8 @@ def make_eval_step(
             uses its running statistics, no Dropout).
         loss: as in `make_train_step`.
         grad: as in `make_train_step`; it matters only for rules that change
-            the forward (e.g. a straight-through rule's quantized weights).
+            the forward (e.g. a straight-through rule's quantized weights). A
+            whole-step rule (forward_gradient) evaluates as "custom".
         compute_dtype: as in `make_train_step`.
         jit: as in `make_train_step`.
 
@@ -283,6 +311,8 @@ def make_eval_step(
         losses), "correct" (the number of right argmax predictions) and "count"
         (the number of examples counted), so sums over batches are exact totals.
     """
+    if rules.step_rule(grad) is not None:  # it changes no forward
+        grad = "custom"
     rules.validate("make_eval_step", grad, model=model)
     loss_of = loss_fn(loss)
     dtype = precision.check_compute_dtype("make_eval_step", compute_dtype)
