@@ -30,6 +30,7 @@ from funcnn import (
     softmax_cross_entropy,
 )
 from funcnn.nn.combinators import Add
+from funcnn.ops._vjp import custom_vjp
 from funcnn.ops.kernels import avg_pool as avg_pool_ops
 from funcnn.ops.kernels import conv as conv_ops
 from funcnn.ops.kernels import max_pool as pool_ops
@@ -108,7 +109,7 @@ def _record_rules(patch, calls):
     one it sent back."""
     for module in (conv_ops, pool_ops, avg_pool_ops):
         for name, rule in vars(module).items():
-            if isinstance(rule, jax.custom_vjp):
+            if isinstance(rule, custom_vjp):
 
                 def bwd(*args, _bwd=rule.bwd, _name=name):
                     res = _bwd(*args)

@@ -8,12 +8,15 @@ ops' hand-written rules (`conv2d_input_grad`, `conv2d_weight_grad`, ...); a rule
 overrides only what it changes, e.g. feedback alignment overrides
 `backward_weight` to swap W for B.
 
-A rule travels through `jax.custom_vjp` as an ordinary, differentiable argument:
-it is a pytree whose children are its `array_fields` (feedback alignment's B) and
-whose static part is every other field. The backward (`funcnn.ops.ruled`)
-returns zeros for those arrays, so differentiating with respect to a rule's array
-gives zero, which is the truth: the forward does not read B. Only hashable
-configuration (ConvConfig, the pooling geometry) goes into `nondiff_argnums`.
+A rule travels through its op's custom VJP (`funcnn.ops.custom_vjp`) as an
+ordinary, differentiable argument: it is a pytree whose children are its
+`array_fields` (feedback alignment's B) and whose static part is every other
+field. The backward (`funcnn.ops.ruled`) returns zeros for those arrays, so
+differentiating with respect to a rule's array gives zero, which is the truth:
+the forward does not read B. Only hashable configuration (ConvConfig, the
+pooling geometry) goes into `nondiff_argnums`. A rule shapes reverse mode only:
+in forward mode (jax.jvp) the tangent is JAX's own derivative of the rule's
+forward method, for most rules the plain op.
 """
 
 from __future__ import annotations
@@ -85,7 +88,7 @@ class Rule:
         `RULED_OPS`. Ops without a weight that are not listed keep their exact
         rule; a weighted op not listed (a conv under a dense-only rule) is an error.
       array_fields: names of the fields that hold arrays (e.g. a fixed B). They
-        travel through `jax.custom_vjp` as differentiable inputs with zero
+        travel through the op's custom VJP as differentiable inputs with zero
         cotangents; every other field is static configuration and must be
         hashable (numbers, strings, tuples).
     """

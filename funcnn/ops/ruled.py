@@ -2,10 +2,11 @@
 dense, max_pool2d and avg_pool2d.
 
 A public op whose `grad=` resolved to a rule value (`funcnn.ops.registry`) calls
-the function of its name here. The rule travels through `jax.custom_vjp` as a
-differentiable pytree argument whose cotangent is zero; its methods give the
-forward, the input delta and the parameter gradients, each checked against the
-primal's shape and dtype.
+the function of its name here. The rule travels through the custom VJP
+(`funcnn.ops.custom_vjp`) as a differentiable pytree argument whose cotangent is
+zero; its methods give the forward, the input delta and the parameter gradients,
+each checked against the primal's shape and dtype. Forward mode differentiates
+the rule's forward method with JAX's own rules.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from funcnn.ops import _args
+from funcnn.ops._vjp import custom_vjp
 from funcnn.ops._windows import WindowConfig
 from funcnn.ops.kernels.avg_pool import avg_pool2d_reference
 from funcnn.ops.rule import Rule, Window
@@ -47,7 +49,7 @@ def conv2d(x, w, b, rule: Rule, cfg):
     return _conv2d_ruled(x, w, b, rule.prepare("conv2d", w), cfg)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4,))
+@partial(custom_vjp, nondiff_argnums=(4,))
 def _conv2d_ruled(x, w, b, rule, cfg):
     return rule.conv2d_forward(x, w, b, cfg)
 
@@ -80,7 +82,7 @@ def dense(x, w, b, rule: Rule):
     return _dense_ruled(x, w, b, rule.prepare("dense", w), b is not None)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(4,))
+@partial(custom_vjp, nondiff_argnums=(4,))
 def _dense_ruled(x, w, b, rule, has_bias):
     return rule.dense_forward(x, w, b)
 
@@ -107,7 +109,7 @@ def max_pool2d(x, rule: Rule, cfg: WindowConfig):
     return _max_pool_ruled(x, rule.prepare("max_pool2d", None), Window(cfg))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(custom_vjp, nondiff_argnums=(2,))
 def _max_pool_ruled(x, rule, win):
     return rule.max_pool2d_forward(x, win)
 
@@ -135,7 +137,7 @@ def avg_pool2d(x, rule: Rule, cfg: WindowConfig, divisor):
     return _avg_pool_ruled(x, rule.prepare("avg_pool2d", None), Window(cfg, divisor))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(custom_vjp, nondiff_argnums=(2,))
 def _avg_pool_ruled(x, rule, win):
     return avg_pool2d_reference(x, win.cfg, win.divisor)
 

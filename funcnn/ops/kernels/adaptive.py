@@ -22,12 +22,12 @@ from __future__ import annotations
 from functools import partial
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from funcnn.ops import _args
+from funcnn.ops._vjp import custom_vjp
 
 
 class AxisWindows(NamedTuple):
@@ -136,7 +136,7 @@ def adaptive_avg_pool2d_reference(x, cfg: AdaptiveConfig):
     return x
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(custom_vjp, nondiff_argnums=(1,))
 def adaptive_avg_custom(x, cfg):
     return adaptive_avg_pool2d_reference(x, cfg)
 
@@ -206,7 +206,7 @@ def adaptive_argmax(x, cfg: AdaptiveConfig):
     return y, index
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(custom_vjp, nondiff_argnums=(1,))
 def adaptive_max_custom(x, cfg):
     return adaptive_argmax(x, cfg)
 

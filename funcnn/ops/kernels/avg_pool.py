@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from funcnn.ops import _args
+from funcnn.ops._vjp import custom_vjp
 from funcnn.ops._windows import WindowConfig, pad_input, place_taps
 
 
@@ -61,7 +61,7 @@ def avg_pool2d_reference(x, cfg: WindowConfig, divisor: Divisor):
     return sums / jnp.asarray(divisor.array, x.dtype)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1, 2))
+@partial(custom_vjp, nondiff_argnums=(1, 2))
 def avg_pool_custom(x, cfg, divisor):
     return avg_pool2d_reference(x, cfg, divisor)
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 from functools import partial
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from funcnn.ops import _args
+from funcnn.ops._vjp import custom_vjp
 
 # Activations in the layout, filters OIHW in both.
 _DIMS = {"NCHW": ("NCHW", "OIHW", "NCHW"), "NHWC": ("NHWC", "OIHW", "NHWC")}
@@ -91,7 +91,7 @@ def bias_grad(g, layout: str):
     return jnp.sum(g, axis=(0, *_args.spatial_axes(layout)))
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(custom_vjp, nondiff_argnums=(3,))
 def conv2d_custom(x, w, b, cfg):
     return conv2d_reference(x, w, b, cfg)
 
@@ -263,7 +263,7 @@ def _patches_forward(x, w, b, geom: PatchGeometry):
     return y, patches
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(custom_vjp, nondiff_argnums=(3,))
 def conv2d_patches_custom(x, w, b, geom):
     return _patches_forward(x, w, b, geom)[0]
 

@@ -23,11 +23,11 @@ from __future__ import annotations
 from functools import partial
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
 from jax import lax
 
 from funcnn.ops import _args
+from funcnn.ops._vjp import custom_vjp
 from funcnn.ops.kernels.conv import (
     _DIMS,
     ConvConfig,
@@ -99,7 +99,7 @@ def conv_transpose2d_reference(x, w, b, geom: TransposeGeometry):
     return y
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(3,))
+@partial(custom_vjp, nondiff_argnums=(3,))
 def conv_transpose_custom(x, w, b, geom):
     return _conv_transpose_forward(x, w, b, geom)
 

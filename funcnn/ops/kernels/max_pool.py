@@ -8,12 +8,12 @@ from __future__ import annotations
 
 from functools import partial
 
-import jax
 import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
 from funcnn.ops import _args
+from funcnn.ops._vjp import custom_vjp
 from funcnn.ops._windows import (
     WindowConfig,
     pad_input,
@@ -135,7 +135,7 @@ def _materialised(index):
     return lax.div(index, one)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(custom_vjp, nondiff_argnums=(1,))
 def max_pool_custom(x, cfg):
     return _reduce_max(x, cfg)
 
@@ -165,7 +165,7 @@ def max_pool_input_grad(g, index, cfg: WindowConfig):
 max_pool_custom.defvjp(_max_pool_fwd, _max_pool_bwd)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(1,))
+@partial(custom_vjp, nondiff_argnums=(1,))
 def max_pool_indexed_custom(x, cfg):
     return max_pool_argmax(x, cfg)
 

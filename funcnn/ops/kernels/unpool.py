@@ -13,8 +13,9 @@ from __future__ import annotations
 from functools import partial
 from typing import NamedTuple
 
-import jax
 import jax.numpy as jnp
+
+from funcnn.ops._vjp import custom_vjp
 
 
 class UnpoolConfig(NamedTuple):
@@ -67,7 +68,7 @@ def max_unpool2d_reference(y, indices, cfg: UnpoolConfig):
     return _unflat(out, cfg)
 
 
-@partial(jax.custom_vjp, nondiff_argnums=(2,))
+@partial(custom_vjp, nondiff_argnums=(2,))
 def unpool_custom(y, indices, cfg):
     return max_unpool2d_reference(y, indices, cfg)
 
