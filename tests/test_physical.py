@@ -301,14 +301,27 @@ def test_pat_reaches_a_target_that_in_silico_training_misses():
     assert train(pat) < 1e-4 < 2e-2 < train(in_silico)
 
 
-def test_forward_mode_is_refused_by_the_custom_vjp():
-    # Until the ops' forward-mode wiring covers Physical (its tangent is then the
-    # twin's), jax.jvp stops at the custom VJP with JAX's message.
-    layer = funcnn.Physical(linear, funcnn.Dense(3))
+def test_forward_mode_gives_the_measured_output_and_the_twins_tangent():
+    # jax.jvp through the layer: the primal is the system's output, the tangent
+    # the twin's jvp at the real input (computed here from the twin in autodiff
+    # mode), not the system's own derivative.
+    def bent(params, x):  # a system unlike its twin, Dense
+        return jnp.tanh(linear(params, x))
+
+    twin = funcnn.Dense(3)
+    layer = funcnn.Physical(bent, twin)
     _, params, state = layer.init(jax.random.key(0), (2, 4))
-    x = jnp.ones((2, 4), jnp.float32)
-    with pytest.raises(TypeError, match="forward-mode autodiff"):
-        jax.jvp(lambda x: layer.apply(params, state, x)[0], (x,), (x,))
+    rng = np.random.default_rng(0)
+    x = jnp.asarray(rng.standard_normal((2, 4)), jnp.float32)
+    dx = jnp.asarray(rng.standard_normal((2, 4)), jnp.float32)
+    y, dy = jax.jvp(lambda x: layer.apply(params, state, x)[0], (x,), (dx,))
+    assert_close(y, bent(params, x), 0)
+    _, twin_dy = jax.jvp(
+        lambda x: twin.apply(params, state, x, grad="autodiff")[0], (x,), (dx,)
+    )
+    assert_close(dy, twin_dy, 1e-6)
+    _, system_dy = jax.jvp(lambda x: bent(params, x), (x,), (dx,))
+    assert not np.allclose(dy, system_dy, atol=1e-3)
 
 
 def wrong_shape(params, x):

@@ -7,7 +7,9 @@ The forward value is exactly what the system returns: a JAX function, or (with
 called through `jax.pure_callback`. The backward pass is the VJP of the twin,
 evaluated at the real input the layer received and its current params, under
 whatever rule `grad=` gives the twin's layers: PAT's `make_pat_func(f_forward,
-f_backward)`, written as one `jax.custom_vjp` (`pat_function`).
+f_backward)`, written as one `funcnn.ops.custom_vjp` (`pat_function`), so that
+forward mode (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) runs through the layer
+too, with the twin's tangent at the real input.
 
 Every derivative of the system, at any order, is the twin's: inside the custom
 VJP the system call itself carries the twin's tangent (a `jax.custom_jvp`), so
@@ -31,17 +33,22 @@ from jax.core import Tracer
 
 from funcnn import rules
 from funcnn.nn.core import Layer, describe, leaf
+from funcnn.ops import custom_vjp
 
 LABEL = "Physical"
 
 
-def pat_function(measure: Callable, twin: Callable) -> Callable:
+def pat_function(
+    measure: Callable, twin: Callable, tangent: Callable | None = None
+) -> Callable:
     """PAT's autodifferentiable function: `f(params, x, key) -> y`.
 
     Args:
       measure: `measure(params, x, key) -> y`, the forward value.
       twin: `twin(params, x, key) -> y`, differentiable; its VJP at the saved
         `params` and `x` is the backward pass.
+      tangent: the function whose jvp at the real `params` and `x` is the
+        forward-mode tangent (default `twin`).
 
     Returns:
       `f` with `f(params, x, key) == measure(params, x, key)` and
@@ -49,7 +56,7 @@ def pat_function(measure: Callable, twin: Callable) -> Callable:
       None)`: the key gets no cotangent.
     """
 
-    @jax.custom_vjp
+    @custom_vjp
     def f(params, x, key):
         return measure(params, x, key)
 
@@ -63,7 +70,7 @@ def pat_function(measure: Callable, twin: Callable) -> Callable:
         _, pullback = jax.vjp(lambda p, x: twin(p, x, key), params, x)
         return (*pullback(g), None)
 
-    f.defvjp(f_fwd, f_bwd)
+    f.defvjp(f_fwd, f_bwd, tangent=twin if tangent is None else tangent)
     return f
 
 
@@ -223,9 +230,10 @@ def Physical(
 
     Transformations: `jax.grad` gives the twin's VJP; grad-of-grad and Hessians
     differentiate the twin (the system's tangent is the twin's). Forward mode
-    (`jax.jvp`, `jax.jacfwd`) through the layer is refused by `jax.custom_vjp`
-    ("can't apply forward-mode autodiff (jvp) to a custom_vjp function") until
-    the forward-mode wiring of the ops covers it.
+    (`jax.jvp`, `jax.jacfwd`, `jax.linearize`) gives the measured output with
+    the twin's tangent at the real input (`funcnn.ops.custom_vjp`). A host
+    system under `jax.linearize` inside `jax.vmap` is not supported (see
+    `funcnn.ops.custom_vjp`).
     """
     if not isinstance(twin, Layer):
         raise TypeError(
@@ -284,7 +292,7 @@ def Physical(
         def run(p, x, keys):
             return system_call(p, x, None if keys is None else keys[0])
 
-        f = pat_function(_with_twin_tangent(run, plain_twin), twin_out)
+        f = pat_function(_with_twin_tangent(run, plain_twin), twin_out, plain_twin)
         return f(params, x, keys), state
 
     layer = leaf(LABEL, twin.name, init, apply, info=twin.info)
