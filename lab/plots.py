@@ -38,6 +38,18 @@ def _array(rows) -> np.ndarray:
     return out
 
 
+def _over_seeds(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per epoch: the mean, min and max over seeds (axis 0) of the values that
+    are numbers; NaN where no seed has one (a layer whose angle is undefined)."""
+    seen = ~np.isnan(a)
+    count = seen.sum(0)
+    mean = np.where(count > 0, np.where(seen, a, 0.0).sum(0) / np.maximum(count, 1),
+                    np.nan)  # fmt: skip
+    low = np.where(count > 0, np.where(seen, a, np.inf).min(0), np.nan)
+    high = np.where(count > 0, np.where(seen, a, -np.inf).max(0), np.nan)
+    return mean, low, high
+
+
 def plot_accuracy(summary: dict, path: Path) -> None:
     """Writes accuracy.png: test error per epoch, per data set and rule."""
     datasets = summary["datasets"]
@@ -50,10 +62,9 @@ def plot_accuracy(summary: dict, path: Path) -> None:
             err = 100.0 * (1.0 - acc)
             epochs = np.arange(1, err.shape[1] + 1)
             color, style = colors[i % len(colors)], STYLES[i // len(colors)]
-            with np.errstate(all="ignore"):
-                ax.plot(epochs, np.nanmean(err, 0), style, color=color, label=rule,
-                        marker="o", markersize=2.5)  # fmt: skip
-                low, high = np.nanmin(err, 0), np.nanmax(err, 0)
+            mean, low, high = _over_seeds(err)
+            ax.plot(epochs, mean, style, color=color, label=rule, marker="o",
+                    markersize=2.5)  # fmt: skip
             ax.fill_between(epochs, low, high, color=color, alpha=0.15, lw=0)
         ax.set_yscale("log")
         ax.set_xlabel("epoch")
@@ -99,11 +110,10 @@ def plot_alignment(summary: dict, path: Path) -> bool:
             ax = fig.add_subplot(len(rules), len(panels), row * len(panels) + col + 1)
             r = summary["datasets"][name]["rules"].get(rule)
             keys = [] if r is None else [k for k in r["curves"] if k.startswith(prefix)]
+            drawn = False
             for i, key in enumerate(keys):
-                values = _array(r["curves"][key])
-                # Measured on each epoch's first batch, before its update.
-                with np.errstate(all="ignore"):
-                    mean = np.nanmean(values, 0)
+                mean = _over_seeds(_array(r["curves"][key]))[0]
+                drawn = drawn or bool(np.isfinite(mean).any())
                 ax.plot(np.arange(len(mean)), mean, STYLES[i // 10], marker="o",
                         markersize=2.5, label=key.split("/", 1)[1])  # fmt: skip
             ax.axhline(90, color="k", lw=0.7, ls="--")
@@ -116,9 +126,12 @@ def plot_alignment(summary: dict, path: Path) -> bool:
             ax.set_title(f"{name}: {KINDS[prefix]}", fontsize=9)
             if keys and (col == 0 or panels[col - 1][0] != name):
                 ax.legend(fontsize=7, loc="upper right")
-            if not keys:
-                ax.text(0.5, 0.5, "not logged", ha="center", va="center",
-                        transform=ax.transAxes, color="0.5")  # fmt: skip
+            if not drawn:
+                why = (
+                    "undefined: zero or non-finite gradients" if keys else "not logged"
+                )
+                ax.text(0.5, 0.5, why, ha="center", va="center", fontsize=8,
+                        transform=ax.transAxes, color="0.4")  # fmt: skip
     fig.tight_layout()
     fig.savefig(path, dpi=80)
     return True

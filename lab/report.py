@@ -62,6 +62,16 @@ def _error(record: dict) -> float:
     return 100.0 * (1.0 - (accuracy if accuracy is not None else 0.0))
 
 
+def _cost(records: list[dict]) -> dict:
+    """What the runs took, compiling included, as the call that finished each
+    one measured it (a resumed run counts its last call only)."""
+    return {
+        "runs": len(records),
+        "wall_seconds": sum(r.get("wall_seconds") or 0.0 for r in records),
+        "cpu_seconds": sum(r.get("cpu_seconds") or 0.0 for r in records),
+    }
+
+
 def _summary(entry: dict) -> dict:
     final = entry["final"]
     candidates: dict[tuple, list[dict]] = {}
@@ -93,6 +103,7 @@ def _summary(entry: dict) -> dict:
         "seeds": [r["seed"] for r in final],
         "diverged_seeds": [r["seed"] for r in final if r["status"] != "completed"],
         "seconds_per_epoch": _mean(r["seconds_per_epoch"] for r in final),
+        "cost": _cost(final + entry["selection"]),
         "final_angles": angles,
         "curves": curves,
     }
@@ -107,6 +118,9 @@ def summarise(results: dict, tasks: dict, sizes: dict) -> dict:
         sizes: dataset -> (training images, test images).
     """
     out = {"machine": machine(), "command": " ".join(sys.argv), "datasets": {}}
+    every = [r for by_rule in results.values() for e in by_rule.values()
+             for r in e["final"] + e["selection"]]  # fmt: skip
+    out["cost"] = _cost(every)
     for dataset, by_rule in results.items():
         if not by_rule:
             continue
@@ -233,14 +247,19 @@ def markdown(summary: dict) -> str:
         "were chosen on a validation split of the training set, never on the test "
         "set. s / epoch: training steps only (no compilation, evaluation or "
         "checkpoints); × backprop: that time over backprop's.",
+        "",
+        f"The sweep: {summary['cost']['runs']} runs, "
+        f"{summary['cost']['wall_seconds'] / 60:.1f} min of wall time and "
+        f"{summary['cost']['cpu_seconds'] / 60:.1f} min of CPU time, compiling "
+        "included.",
     ]
     for name, data in summary["datasets"].items():
         t = data["task"]
         out += [
             "",
             f"## {name}: {t['model']}, {data['train_images']:,} training and "
-            f"{data['test_images']:,} test images, {t['epochs']} epochs of batch "
-            f"{t['batch_size']}",
+            f"{data['test_images']:,} test images, {t['epochs']} "
+            f"epoch{'s' if t['epochs'] != 1 else ''} of batch {t['batch_size']}",
             "",
             *_main_table(name, data),
         ]

@@ -251,11 +251,13 @@ def train(
     every step of an epoch was non-finite); "epochs" done; "eval_accuracy" and
     "eval_loss" on `data`'s evaluation set after the last epoch; "seconds_per_epoch"
     of training steps (compilation and the angle measurements excluded);
+    "wall_seconds" and "cpu_seconds" of this call, compilation included;
     "curve", per epoch the train loss, the evaluation accuracy and the angles
     measured on its first batch before its update; and "final_angles",
     measured after the last epoch.
     """
     task, where = spec.task, spec.directory(root)
+    wall, cpu = time.perf_counter(), time.process_time()
     steps = cache.get(spec, data)
     spe = num_batches(len(data.x_train), task.batch_size)
     optimizer = cosine_optimizer(
@@ -268,14 +270,16 @@ def train(
         **_state_options(grad),
     )  # fmt: skip
 
-    def epoch_batches(epoch: int):
+    def augmented(epoch: int):
         order = batches(data.x_train, data.y_train, task.batch_size, seed=spec.seed,
                         epoch=epoch)  # fmt: skip
-        augmented = augment_batches(
+        return augment_batches(
             order, task.augment, seed=spec.seed, epoch=epoch, fill=data.fill,
             shift=SHIFT_PIXELS,
         )  # fmt: skip
-        for batch in augmented:
+
+    def epoch_batches(epoch: int):
+        for batch in augmented(epoch):
             on_batch()
             yield batch
 
@@ -324,7 +328,7 @@ def train(
     ]
     final_angles = {}
     if status == "completed" and steps.measure is not None:
-        batch = next(iter(epoch_batches(task.epochs)))
+        batch = next(iter(augmented(task.epochs)))  # the next epoch's first
         final_angles = _angles(jax.device_get(steps.measure(state, batch)))
     last = curve[-1] if curve else {}
     train_seconds = math.nan
@@ -340,6 +344,10 @@ def train(
         "eval_accuracy": last.get("eval_accuracy"),
         "eval_loss": summary.test.get("loss") if summary else None,
         "seconds_per_epoch": train_seconds / max(len(curve), 1),
+        # This call, compiling included: on a shared machine CPU time is the
+        # steadier measure of what the run costs.
+        "wall_seconds": time.perf_counter() - wall,
+        "cpu_seconds": time.process_time() - cpu,
         "curve": curve,
         "final_angles": final_angles,
     }

