@@ -163,7 +163,8 @@ def _main_table(name: str, data: dict) -> list[str]:
         per_seed = ", ".join(_fmt(e) for e in err["per_seed"])
         if r["diverged_seeds"]:
             per_seed += f" (diverged: seeds {r['diverged_seeds']})"
-        ratio = r["seconds_per_epoch"] / base if base else None
+        secs = r["seconds_per_epoch"]
+        ratio = secs / base if secs is not None and base else None
         row = [
             f"`{rule}`",
             f"{r['chosen']['optimizer']} {r['chosen']['lr']:g}",

@@ -248,7 +248,7 @@ def train(
     None when a signal stopped it (its checkpoint is saved).
 
     The record: the spec's settings; "status" ("completed", or "diverged" when
-    every step of an epoch was non-finite); "epochs" done; "eval_accuracy" and
+    every step of an epoch was non-finite); "epochs_done"; "eval_accuracy" and
     "eval_loss" on `data`'s evaluation set after the last epoch; "seconds_per_epoch"
     of training steps (compilation and the angle measurements excluded);
     "wall_seconds" and "cpu_seconds" of this call, compilation included;

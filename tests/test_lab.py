@@ -40,11 +40,12 @@ def test_cosine_optimizer_makes_make_optimizers_updates(name):
         name, lr, weight_decay=decay, schedule="cosine", total_steps=total
     )
     s_ours, s_theirs = ours.init(params), theirs.init(params)
+    update_ours, update_theirs = jax.jit(ours.update), jax.jit(theirs.update)
     keys = jax.random.split(jax.random.key(0), total + 2)
     for t in range(total + 2):  # past the end, where the rate stays 0
         g = jax.tree.map(lambda p, k=keys[t]: jax.random.normal(k, p.shape), params)
-        u_ours, s_ours = ours.update(g, s_ours, params)
-        u_theirs, s_theirs = theirs.update(g, s_theirs, params)
+        u_ours, s_ours = update_ours(g, s_ours, params)
+        u_theirs, s_theirs = update_theirs(g, s_theirs, params)
         for a, b in zip(jax.tree.leaves(u_ours), jax.tree.leaves(u_theirs)):
             np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-9)
         assert float(learning_rate(s_ours)) == pytest.approx(
@@ -213,3 +214,34 @@ def test_cifar10_resnet20_column_runs_a_few_steps(tmp_path, rule):
     assert data["biotorch"]["errors"][rule] == {"backprop": 8.63}.get(rule, 32.16)
     line = last_epoch(out / "cifar10" / "final" / rule / "seed0")
     assert line["step"] == 5 and np.isfinite(line["loss"])
+
+
+def test_a_rule_whose_every_run_diverged_is_reported_not_fatal(tmp_path):
+    from lab import plots, report
+    from lab.tasks import TASKS
+
+    def rec(seed, status, acc, seconds):
+        angle = {"align_grad/00_conv": None}  # a dead layer's angle is undefined
+        return {
+            "seed": seed, "optimizer": "momentum", "lr": 0.01, "status": status,
+            "eval_accuracy": acc, "seconds_per_epoch": seconds, "final_angles": angle,
+            "curve": [{"epoch": 1, "eval_accuracy": acc, **angle}],
+        }  # fmt: skip
+
+    results = {"digits": {
+        "backprop": {"selection": [], "chosen": ["momentum", 0.01],
+                     "final": [rec(0, "completed", 0.98, 0.2)]},
+        "sign_symmetry": {"selection": [rec(0, "diverged", 0.1, None)],
+                          "chosen": ["momentum", 0.01],
+                          "final": [rec(0, "diverged", 0.1, None)]},
+    }}  # fmt: skip
+    summary = report.summarise(results, TASKS, {"digits": (1437, 360)})
+    text = report.markdown(summary)
+    row = (
+        "| `sign_symmetry` | momentum 0.01 | 90.00 ± 0.00 | 90.00 (diverged: seeds [0])"
+    )
+    assert row + " | – | – |" in text  # no time, no ratio to backprop
+    assert "**10.00 (diverged)**" in text
+    # Drawn without warnings (they are errors here) though every angle is NaN.
+    plots.plot_accuracy(summary, tmp_path / "accuracy.png")
+    assert plots.plot_alignment(summary, tmp_path / "alignment.png")
