@@ -21,7 +21,7 @@ import jax
 import numpy as np
 
 from lab.runs import jsonable
-from lab.tasks import BIOTORCH
+from lab.tasks import BIOTORCH, TARGETS
 
 KINDS = {  # metric prefix -> the row label in results.md
     "align_grad/": "gradient angle",
@@ -130,6 +130,7 @@ def summarise(results: dict, tasks: dict, sizes: dict) -> dict:
             "train_images": sizes[dataset][0],
             "test_images": sizes[dataset][1],
             "biotorch": BIOTORCH.get(dataset),
+            "targets": TARGETS.get(dataset),
             "rules": {rule: _summary(entry) for rule, entry in by_rule.items()},
         }
     return out
@@ -234,6 +235,36 @@ def _angle_table(data: dict) -> list[str]:
     return lines
 
 
+def _met(ok: bool | None) -> str:
+    return {True: "met", False: "**not met**", None: "not measured"}[ok]
+
+
+def _target_lines(data: dict) -> list[str]:
+    """One line per target of `TARGETS` whose rule ran."""
+    targets, rules = data.get("targets"), data["rules"]
+    if not targets or "backprop" not in rules:
+        return []
+    base = rules["backprop"]["test_error"]["mean"]
+    want = targets["backprop_accuracy"]
+    lines = [f"- backprop: test accuracy {100 - base:.2f}% ≥ {want:g}%: "
+             f"{_met(100 - base >= want)}"]  # fmt: skip
+    for rule, gap in targets["gap"].items():
+        if rule in rules:
+            lost = rules[rule]["test_error"]["mean"] - base
+            lines.append(f"- `{rule}`: {lost:+.2f} points of test error against "
+                         f"backprop, at most {gap:g}: {_met(lost <= gap)}")  # fmt: skip
+    for rule, limit in targets["weight_angle"].items():
+        if rule in rules:
+            found = [v for k, v in rules[rule]["final_angles"].items()
+                     if k.startswith("align_weight/") and v is not None]  # fmt: skip
+            worst = max(found) if found else None
+            shown = "not logged" if worst is None else f"{worst:.1f}°"
+            ok = None if worst is None else worst < limit
+            lines.append(f"- `{rule}`: largest W-B angle {shown}, under {limit:g}° "
+                         f"in every layer: {_met(ok)}")  # fmt: skip
+    return lines
+
+
 def markdown(summary: dict) -> str:
     """results.md: per data set, the error table, the selection and the angles."""
     m = summary["machine"]
@@ -272,6 +303,9 @@ def markdown(summary: dict) -> str:
                 "Those runs train on the whole training set for far longer, so "
                 "they are a reference, not a like-for-like comparison.",
             ]
+        targets = _target_lines(data)
+        if targets:
+            out += ["", "Targets (issue 18):", "", *targets]
         selection = _selection_table(data)
         if selection:
             out += [

@@ -54,6 +54,25 @@ BIOTORCH = {
 }
 
 
+# What issue 18 expects on mnist5k: backprop's test accuracy (%), how many points
+# of test error each rule may lose to backprop, and Kolen-Pollack's largest W-B
+# angle (degrees) after training. results.md says which are met.
+TARGETS = {
+    "mnist5k": {
+        "backprop_accuracy": 97.0,
+        "gap": {
+            "usf": 1.5,
+            "brsf": 1.5,
+            "frsf": 1.5,
+            "kolen_pollack": 1.5,
+            "feedback_alignment": 4.0,
+            "direct_feedback_alignment": 4.0,
+        },
+        "weight_angle": {"kolen_pollack": 20.0},
+    },
+}
+
+
 def main_job_lenet(num_classes: int, input_hw: tuple[int, int]):
     """experiments/train.py's LeNet: width 6, a 3x3 second conv under 16x16."""
     kernel = 3 if min(input_hw) < 16 else 5

@@ -143,7 +143,7 @@ def test_quick_sweep_writes_the_results_and_the_pictures(quick):
     assert summary["datasets"]["mnist5k"]["biotorch"]["errors"]["backprop"] == 0.91
     text = (out / "results.md").read_text()
     assert "| `feedback_alignment` | momentum" in text
-    assert "BioTorch, LeNet on full MNIST" in text
+    assert "BioTorch, LeNet on full MNIST" in text and "Targets (issue 18):" in text
     from matplotlib.image import imread
 
     for name in ("accuracy.png", "alignment.png"):
