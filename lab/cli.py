@@ -12,9 +12,13 @@ from funcnn.training.run.cli import HelpFormatter, number
 from lab import plots, report, runs
 from lab.sweep import Plan, run_sweep
 from lab.tasks import MODELS, TASKS, prepare
+from lab.timing import ROUNDS, STEPS
 
 DEFAULT_DATASETS = ("digits", "mnist5k")
-QUICK = dict(epochs=1, seeds=[0, 1], select_seeds=[0], limit=256, lrs=[0.01, 0.001])
+QUICK = dict(
+    epochs=1, seeds=[0, 1], select_seeds=[0], limit=256, lrs=[0.01, 0.001],
+    timing=[2, 5],
+)  # fmt: skip
 COUNT = number(int, at_least=1)
 
 
@@ -84,10 +88,19 @@ def build_parser() -> argparse.ArgumentParser:
     add("--batch-size", type=COUNT, help="batch size (default: each task's)")
     add("--limit", type=COUNT, help="keep at most this many training and test images")
     add(
+        "--timing",
+        nargs=2,
+        type=number(int, at_least=0),
+        default=[ROUNDS, STEPS],
+        metavar=("ROUNDS", "STEPS"),
+        help="the interleaved train-step timing: rounds, and steps per rule and "
+        "round (0 rounds: none)",
+    )
+    add(
         "--quick",
         action="store_true",
-        help="a smoke run: 1 epoch, seeds 0 1, rates 0.01 0.001, 256 images, unless "
-        "given explicitly",
+        help="a smoke run: 1 epoch, seeds 0 1, rates 0.01 0.001, 256 images, "
+        "timing 2 5, unless given explicitly",
     )
     add("--no-progress", action="store_true", help="no progress bar")
     return p  # fmt: skip
@@ -131,7 +144,8 @@ def main(argv=None) -> int:
         print(f"learning_rules.py: error: {err}", file=sys.stderr)
         return 2
     plan = Plan(tasks, list(dict.fromkeys(args.rules)), list(args.seeds),
-                list(args.select_seeds), list(args.optimizers), out)  # fmt: skip
+                list(args.select_seeds), list(args.optimizers), out,
+                tuple(args.timing))  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     sizes = {
         name: (len(final.x_train), len(final.x_eval))

@@ -14,6 +14,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
+from matplotlib.ticker import MaxNLocator
 
 from lab.report import KINDS
 
@@ -21,6 +22,7 @@ STYLES = ("-", "--", "-.", ":")
 
 
 def _figure(width: float, height: float):
+    """A matplotlib Figure drawn by Agg, with no pyplot state."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -53,8 +55,9 @@ def _over_seeds(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def plot_accuracy(summary: dict, path: Path) -> None:
     """Writes accuracy.png: test error per epoch, per data set and rule."""
     datasets = summary["datasets"]
-    fig = _figure(6.5 * len(datasets), 4.8)
+    fig = _figure(6.5 * len(datasets), 5.2)
     colors = _colors()
+    handles: dict = {}
     for col, (name, data) in enumerate(datasets.items()):
         ax = fig.add_subplot(1, len(datasets), col + 1)
         for i, (rule, r) in enumerate(data["rules"].items()):
@@ -63,16 +66,22 @@ def plot_accuracy(summary: dict, path: Path) -> None:
             epochs = np.arange(1, err.shape[1] + 1)
             color, style = colors[i % len(colors)], STYLES[i // len(colors)]
             mean, low, high = _over_seeds(err)
-            ax.plot(epochs, mean, style, color=color, label=rule, marker="o",
-                    markersize=2.5)  # fmt: skip
+            (line,) = ax.plot(epochs, mean, style, color=color, marker="o",
+                              markersize=2.5)  # fmt: skip
+            handles.setdefault(rule, line)
             ax.fill_between(epochs, low, high, color=color, alpha=0.15, lw=0)
         ax.set_yscale("log")
+        ax.set_xlim(0.5, data["task"]["epochs"] + 0.5)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
         ax.set_xlabel("epoch")
         ax.set_ylabel("test error (%), log scale")
         ax.set_title(f"{name}, {data['task']['model']}: mean over seeds, band = range")
         ax.grid(alpha=0.3, which="both")
-        ax.legend(fontsize=8, loc="upper right")
-    fig.tight_layout()
+    # One legend for every panel, below them: the rules are the same.
+    fig.legend(list(handles.values()), list(handles), loc="lower center",
+               ncol=min(4, len(handles)), fontsize=9, frameon=False)  # fmt: skip
+    rows = -(-len(handles) // 4)
+    fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=90)
 
 
@@ -117,7 +126,10 @@ def plot_alignment(summary: dict, path: Path) -> bool:
                 ax.plot(np.arange(len(mean)), mean, STYLES[i // 10], marker="o",
                         markersize=2.5, label=key.split("/", 1)[1])  # fmt: skip
             ax.axhline(90, color="k", lw=0.7, ls="--")
-            ax.set_ylim(0, 180 if prefix == "align_delta/" else 120)
+            ax.set_ylim(0, 180)
+            ax.set_yticks([0, 45, 90, 135, 180])
+            ax.set_xlim(-0.3, summary["datasets"][name]["task"]["epochs"] + 0.3)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if row == len(rules) - 1:
                 ax.set_xlabel("epochs trained")
@@ -125,7 +137,7 @@ def plot_alignment(summary: dict, path: Path) -> bool:
                 ax.set_ylabel(f"{rule}\ndegrees", fontsize=9)
             ax.set_title(f"{name}: {KINDS[prefix]}", fontsize=9)
             if keys and (col == 0 or panels[col - 1][0] != name):
-                ax.legend(fontsize=7, loc="upper right")
+                ax.legend(fontsize=7, loc="best", framealpha=0.8)
             if not drawn:
                 why = (
                     "undefined: zero or non-finite gradients" if keys else "not logged"

@@ -103,6 +103,7 @@ def _summary(entry: dict) -> dict:
         "seeds": [r["seed"] for r in final],
         "diverged_seeds": [r["seed"] for r in final if r["status"] != "completed"],
         "seconds_per_epoch": _mean(r["seconds_per_epoch"] for r in final),
+        "step_time": entry.get("step_time"),
         "cost": _cost(final + entry["selection"]),
         "final_angles": angles,
         "curves": curves,
@@ -153,26 +154,33 @@ def _main_table(name: str, data: dict) -> list[str]:
     head = [
         "rule", "optimizer, peak rate (chosen on validation)",
         f"test error %, mean ± std ({seeds} seeds)", "per seed", "s / epoch",
-        "× backprop",
+        "step ms, median [min, max]", "× backprop",
     ]  # fmt: skip
     if bio:
         head.append(bio["source"])
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
-    base = rules.get("backprop", {}).get("seconds_per_epoch")
+    timed = [r["step_time"] for r in rules.values() if r.get("step_time")]
+    if timed:
+        head[5] += f" of {timed[0]['rounds']} rounds of {timed[0]['per_round']} steps"
+        lines[0] = "| " + " | ".join(head) + " |"
     for rule, r in rules.items():
         err = r["test_error"]
         per_seed = ", ".join(_fmt(e) for e in err["per_seed"])
         if r["diverged_seeds"]:
             per_seed += f" (diverged: seeds {r['diverged_seeds']})"
-        secs = r["seconds_per_epoch"]
-        ratio = secs / base if secs is not None and base else None
+        step = r.get("step_time") or {}
+        timed = "–"
+        if step:
+            timed = (f"{step['median_ms']:.2f} [{step['min_ms']:.2f}, "
+                     f"{step['max_ms']:.2f}]")  # fmt: skip
         row = [
             f"`{rule}`",
             f"{r['chosen']['optimizer']} {r['chosen']['lr']:g}",
             f"{_fmt(err['mean'])} ± {_fmt(err['std'])}",
             per_seed,
             _fmt(r["seconds_per_epoch"]),
-            _fmt(ratio),
+            timed,
+            _fmt(step.get("ratio")),
         ]
         if bio:
             row.append(_fmt(bio["errors"].get(rule)))
@@ -277,8 +285,11 @@ def markdown(summary: dict) -> str:
         "Test error: 100 − test accuracy (%) after the last epoch, mean ± sample std "
         "over seeds. Each rule's optimizer and peak learning rate (cosine schedule) "
         "were chosen on a validation split of the training set, never on the test "
-        "set. s / epoch: training steps only (no compilation, evaluation or "
-        "checkpoints); × backprop: that time over backprop's.",
+        "set. s / epoch: the training steps of an epoch, data pipeline included "
+        "(no compilation, evaluation, checkpoints or angle measurements), mean "
+        "over seeds. Step ms: one train step on one batch, the rules timed in "
+        "turn, round after round (`lab.timing`), so that they share the "
+        "machine's load; × backprop: the ratio of the medians.",
         "",
         f"The sweep: {summary['cost']['runs']} runs, "
         f"{summary['cost']['wall_seconds'] / 60:.1f} min of wall time and "

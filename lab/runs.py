@@ -117,6 +117,7 @@ class Steps:
     # True) on that batch, without an update; None for backprop.
     measure: Callable | None
     evaluate: Callable
+    fresh: Callable[[], Any]  # a throwaway train state at step 0 (for timing)
 
 
 def _state_options(grad: Any) -> dict:
@@ -195,15 +196,18 @@ def _build(spec: RunSpec, data: Data, grad: Any) -> Steps:
     # Compiled here, on a throwaway state, so that fit's train time holds none.
     shape = (-1, *data.x_train.shape[1:])
     batch = (data.x_train[: task.batch_size], data.y_train[: task.batch_size])
-    fresh = create_train_state(model, shape, optimizer, **_state_options(grad))
+
+    def fresh():
+        return create_train_state(model, shape, optimizer, **_state_options(grad))
+
     if measure is not None:
-        jax.block_until_ready(measure(fresh, batch))
-    jax.block_until_ready(train(fresh, batch))
+        jax.block_until_ready(measure(fresh(), batch))
+    jax.block_until_ready(train(fresh(), batch))
     evaluate = jax.jit(
         make_eval_step(model, grad=grad, jit=False),
         compiler_options=compile_options(False),
     )
-    return Steps(model, train, measure, evaluate)
+    return Steps(model, train, measure, evaluate, fresh)
 
 
 def _angles(metrics: dict) -> dict[str, float]:

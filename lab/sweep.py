@@ -1,8 +1,9 @@
 """The sweep: for each task and rule, the selection runs on the validation split,
 then the final runs of every seed with the chosen optimizer and rate.
 
-Runs go one rule at a time, so the compiled steps of a rule (`runs.StepCache`)
-serve all its runs and are dropped before the next rule. Every run has its own
+Runs go one rule at a time; the compiled steps of a rule (`runs.StepCache`)
+serve all its runs, and those of its first final seed then time the train step
+of every rule of the task, interleaved (`lab.timing`). Every run has its own
 directory under the sweep's; finished ones are read back, and a stopped one
 resumes where it stopped. One progress bar counts the steps of the whole sweep.
 """
@@ -10,6 +11,7 @@ resumes where it stopped. One progress bar counts the steps of the whole sweep.
 from __future__ import annotations
 
 import dataclasses
+import json
 import sys
 from collections.abc import Callable
 from pathlib import Path
@@ -20,6 +22,7 @@ from funcnn.data import num_batches
 from funcnn.training.run import SignalStop
 from lab import runs
 from lab.tasks import Data, Task
+from lab.timing import ROUNDS, STEPS, time_steps
 
 
 @dataclasses.dataclass
@@ -34,6 +37,8 @@ class Plan:
         optimizers: the optimizer names the selection compares (each with
             every rate of the task).
         out: the sweep directory.
+        timing: (rounds, steps per round) of the interleaved step timing;
+            0 rounds skips it.
     """
 
     tasks: list[Task]
@@ -42,6 +47,7 @@ class Plan:
     select_seeds: list[int]
     optimizers: list[str]
     out: Path
+    timing: tuple[int, int] = (ROUNDS, STEPS)
 
     def candidates(self, task: Task) -> list[tuple[str, float]]:
         return [(o, lr) for o in self.optimizers for lr in task.lrs]
@@ -137,15 +143,47 @@ def run_sweep(
         with SignalStop() as stop:
             for task in plan.tasks:
                 final, selection = prepared[task.dataset]
+                done = results[task.dataset]
+                caches = {rule: runs.StepCache() for rule in plan.rules}
                 for rule in plan.rules:
-                    out = _rule(plan, task, rule, final, selection, bar, stop)
+                    out = _rule(plan, task, rule, final, selection, bar, stop,
+                                caches[rule])  # fmt: skip
                     if out is None:
                         return results, stop.exit_code
-                    results[task.dataset][rule] = out
+                    done[rule] = out
+                    report(results)
+                if plan.timing[0] > 0:
+                    bar.start(f"{task.dataset}: timing the train steps")
+                    timed = _step_times(plan, task, final, done, caches)
+                    for rule, entry in timed.items():
+                        done[rule]["step_time"] = entry
                     report(results)
     finally:
         bar.close()
     return results, 0
+
+
+def _step_times(plan, task, data, done, caches) -> dict[str, dict]:
+    """`timing.time_steps` of the first final seed's train step of every rule,
+    read back from <out>/<dataset>/step_time.json when it holds these rules."""
+    path = plan.out / task.dataset / "step_time.json"
+    if path.is_file():
+        stored = json.loads(path.read_text())
+        if list(stored["rules"]) == list(done) and stored["timing"] == list(
+            plan.timing
+        ):
+            return stored["rules"]
+    steps = {}
+    for rule, entry in done.items():
+        optimizer, lr = entry["chosen"]
+        spec = runs.RunSpec(task, rule, plan.seeds[0], optimizer, lr, "final")
+        steps[rule] = caches[rule].get(spec, data)
+    batch = (data.x_train[: task.batch_size], data.y_train[: task.batch_size])
+    rounds, per_round = plan.timing
+    timed = time_steps(steps, batch, rounds=rounds, per_round=per_round)
+    stored = {"timing": list(plan.timing), "rules": timed}
+    path.write_text(json.dumps(stored, indent=1) + "\n")
+    return timed
 
 
 def _one(spec, data, plan, cache, bar, stop) -> dict | None:
@@ -181,8 +219,7 @@ def _all(specs, data, plan, cache, bar, stop) -> list[dict] | None:
     return done
 
 
-def _rule(plan, task, rule, final, selection, bar, stop) -> dict | None:
-    cache = runs.StepCache()
+def _rule(plan, task, rule, final, selection, bar, stop, cache) -> dict | None:
     candidates = plan.candidates(task)
     selected: list[dict] | None = []
     if len(candidates) > 1:

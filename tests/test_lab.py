@@ -140,6 +140,11 @@ def test_quick_sweep_writes_the_results_and_the_pictures(quick):
         measured = data["rules"]["feedback_alignment"]["final_angles"]
         assert {k.split("/")[0] for k in measured} >= {"align_grad", "align_delta"}
         assert not data["rules"]["backprop"]["final_angles"]
+        timed = {rule: r["step_time"] for rule, r in data["rules"].items()}
+        assert timed["backprop"]["ratio"] == 1.0 and timed["backprop"]["rounds"] == 2
+        fa = timed["feedback_alignment"]
+        assert fa["min_ms"] <= fa["median_ms"] <= fa["max_ms"]
+        assert fa["ratio"] == fa["median_ms"] / timed["backprop"]["median_ms"]
     assert summary["datasets"]["mnist5k"]["biotorch"]["errors"]["backprop"] == 0.91
     text = (out / "results.md").read_text()
     assert "| `feedback_alignment` | momentum" in text
