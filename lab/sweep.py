@@ -98,11 +98,13 @@ class Bar:
             self.bar.n = self.done
             self.bar.refresh()
 
-    def write(self, line: str) -> None:
+    def write(self, line: str, *, note: bool = False) -> None:
+        """Prints a line above the bar; a `note` goes to stderr."""
+        stream = sys.stderr if note else sys.stdout
         if self.bar is not None:
-            self.bar.write(line)
+            self.bar.write(line, file=stream)
         else:
-            print(line, flush=True)
+            print(line, file=stream, flush=True)
 
     def close(self) -> None:
         if self.bar is not None:
@@ -194,7 +196,8 @@ def _one(spec, data, plan, cache, bar, stop) -> dict | None:
         if record is None:
             bar.write(
                 f"learning_rules: stopped by {stop.name} in {spec.label()}; run "
-                f"the same command again to resume from {spec.directory(plan.out)}"
+                f"the same command again to resume from {spec.directory(plan.out)}",
+                note=True,
             )
             return None
         accuracy = record["eval_accuracy"]
