@@ -22,6 +22,16 @@ QUICK = dict(
 COUNT = number(int, at_least=1)
 
 
+def candidate(text: str) -> tuple[str, float]:
+    """An argparse type for "optimizer:rate", e.g. "adam:3e-4"."""
+    name, _, rate = text.partition(":")
+    if name not in optim.OPTIMIZERS:
+        raise argparse.ArgumentTypeError(
+            f"expected OPTIMIZER:LR with OPTIMIZER in {optim.OPTIMIZERS}, got {text!r}"
+        )
+    return name, number(float, above=0)(rate)
+
+
 def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="learning_rules.py",
@@ -75,7 +85,16 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         choices=optim.OPTIMIZERS,
         default=["momentum"],
-        help="optimizers compared by the selection (momentum: SGD, momentum 0.9)",
+        help="optimizers compared by the selection, each at every rate of --lrs "
+        "(momentum: SGD with momentum 0.9)",
+    )
+    add(
+        "--candidates",
+        nargs="+",
+        type=candidate,
+        metavar="OPTIMIZER:LR",
+        help="the (optimizer, peak rate) pairs to compare instead of --optimizers "
+        "x --lrs, e.g. momentum:0.01 adam:3e-4",
     )
     add(
         "--lrs",
@@ -145,7 +164,7 @@ def main(argv=None) -> int:
         return 2
     plan = Plan(tasks, list(dict.fromkeys(args.rules)), list(args.seeds),
                 list(args.select_seeds), list(args.optimizers), out,
-                tuple(args.timing))  # fmt: skip
+                tuple(args.timing), args.candidates)  # fmt: skip
     out.mkdir(parents=True, exist_ok=True)
     sizes = {
         name: (len(final.x_train), len(final.x_eval))

@@ -36,6 +36,8 @@ class Plan:
         select_seeds: the seeds of the selection runs.
         optimizers: the optimizer names the selection compares (each with
             every rate of the task).
+        pairs: (optimizer, peak rate) candidates that replace those of
+            `optimizers` and the task's rates, when given.
         out: the sweep directory.
         timing: (rounds, steps per round) of the interleaved step timing;
             0 rounds skips it.
@@ -48,8 +50,11 @@ class Plan:
     optimizers: list[str]
     out: Path
     timing: tuple[int, int] = (ROUNDS, STEPS)
+    pairs: list[tuple[str, float]] | None = None
 
     def candidates(self, task: Task) -> list[tuple[str, float]]:
+        if self.pairs:
+            return list(self.pairs)
         return [(o, lr) for o in self.optimizers for lr in task.lrs]
 
 

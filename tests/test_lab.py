@@ -179,6 +179,8 @@ def test_the_same_command_skips_finished_runs_and_resumes_a_stopped_one(quick):
         (["--dataset", "cifar10"], "--dataset cifar10 needs --data-dir"),
         (["--lrs", "0"], "argument --lrs: expected a finite number > 0, got '0'"),
         (["--dataset", "imagenet"], "invalid choice: 'imagenet'"),
+        (["--candidates", "lion:0.1"], "expected OPTIMIZER:LR with OPTIMIZER in"),
+        (["--candidates", "adam"], "expected a finite number > 0, got ''"),
     ],
 )
 def test_bad_arguments_exit_2(capsys, argv, message):
@@ -188,6 +190,19 @@ def test_bad_arguments_exit_2(capsys, argv, message):
         main(argv)
     assert exc.value.code == 2
     assert message in capsys.readouterr().err
+
+
+def test_candidates_replace_the_optimizers_times_the_rates():
+    from lab.cli import parse_args
+    from lab.sweep import Plan
+    from lab.tasks import TASKS
+
+    args = parse_args(["--candidates", "momentum:0.01", "adam:3e-4"])
+    plan = Plan([], [], [0], [0], args.optimizers, Path("."), pairs=args.candidates)
+    assert plan.candidates(TASKS["digits"]) == [("momentum", 0.01), ("adam", 3e-4)]
+    plan.pairs = None
+    assert plan.candidates(TASKS["digits"]) == [("momentum", lr) for lr in
+                                                (0.01, 0.003, 0.001)]  # fmt: skip
 
 
 def test_unreadable_data_is_a_one_line_error(tmp_path, capsys):
