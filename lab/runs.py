@@ -32,6 +32,7 @@ from funcnn.training import create_train_state, make_eval_step, make_train_step
 from funcnn.training.run import (
     NonFiniteError,
     SignalStop,
+    data_fingerprint,
     fit,
     read_config,
     read_metrics,
@@ -218,21 +219,33 @@ def _angles(metrics: dict) -> dict[str, float]:
     }
 
 
-def read_result(spec: RunSpec, root: Path) -> dict | None:
-    """The record of a finished run of `spec`, or None if it has not finished.
+def run_config(spec: RunSpec, data: Data) -> dict:
+    """The settings of a run and the identity of its images: a run directory
+    holding another is refused, not read back or resumed."""
+    return {
+        **spec.config(),
+        "train_data": data_fingerprint(data.x_train, data.y_train),
+        "eval_data": data_fingerprint(data.x_eval, data.y_eval),
+    }
+
+
+def read_result(spec: RunSpec, data: Data, root: Path) -> dict | None:
+    """The record of a finished run of `spec` on `data`, or None if it has not
+    finished.
 
     Raises:
-        ValueError: if the directory holds a run with other settings.
+        ValueError: if the directory holds a run with other settings or data.
     """
     where = spec.directory(root)
     if (where / "config.json").is_file():
         stored = read_config(where)
-        changed = [k for k, v in spec.config().items() if stored.get(k) != v]
+        wanted = json.loads(json.dumps(run_config(spec, data)))  # as stored
+        changed = [k for k, v in wanted.items() if stored.get(k) != v]
         if changed:
             raise ValueError(
-                f"learning_rules: expected the run in {where} to have this sweep's "
-                f"settings, got other {', '.join(changed)}. Use another --out-dir "
-                "for other settings."
+                f"{where}: expected a run with this sweep's settings and data, got "
+                f"other {', '.join(changed)}. Use another --out-dir for a sweep "
+                "with other settings."
             )
     if not (where / RESULT).is_file():
         return None
@@ -312,7 +325,8 @@ def train(
             train_step, state, epoch_batches, epochs=task.epochs,
             steps_per_epoch=spe, eval_step=steps.evaluate,
             eval_data=(data.x_eval, data.y_eval), out_dir=where,
-            resume=where.exists(), log_every=spe, keep=1, config=spec.config(),
+            resume=where.exists(), log_every=spe, keep=1,
+            config=run_config(spec, data),
             reductions={MEASURE_SECONDS: "sum"}, progress=False, stop=stop,
             note=lambda message: None,
         )  # fmt: skip

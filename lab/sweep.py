@@ -194,7 +194,7 @@ def _step_times(plan, task, data, done, caches) -> dict[str, dict]:
 
 
 def _one(spec, data, plan, cache, bar, stop) -> dict | None:
-    record = runs.read_result(spec, plan.out)
+    record = runs.read_result(spec, data, plan.out)
     if record is None:
         bar.start(spec.label())
         record = runs.train(spec, data, plan.out, cache, stop=stop, on_batch=bar.step)

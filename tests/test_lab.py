@@ -265,3 +265,11 @@ def test_a_rule_whose_every_run_diverged_is_reported_not_fatal(tmp_path):
     # Drawn without warnings (they are errors here) though every angle is NaN.
     plots.plot_accuracy(summary, tmp_path / "accuracy.png")
     assert plots.plot_alignment(summary, tmp_path / "alignment.png")
+
+
+def test_a_sweep_directory_refuses_other_data(quick):
+    out, args, _ = quick
+    proc = lab(*args, "--limit", "300")  # other images than the sweep's 256
+    assert proc.returncode == 2
+    assert "expected a run with this sweep's settings and data" in proc.stderr
+    assert "train_data" in proc.stderr
