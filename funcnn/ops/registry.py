@@ -30,6 +30,12 @@ def names() -> tuple[str, ...]:
     return BUILTIN + tuple(_LIBRARY_NAMES)
 
 
+def step_names() -> tuple[str, ...]:
+    """The names of the registered whole-step rules (e.g. "forward_gradient"),
+    which only `make_train_step` takes."""
+    return tuple(_STEP_RULES)
+
+
 def check_static(func: str, rule: Rule) -> None:
     """Raises a TypeError if a field outside `array_fields` is not hashable."""
     for name, value in _flatten(rule)[1]:

@@ -18,6 +18,7 @@ or `funcnn.inspect`. A model is read through its `children` and `LayerInfo`
 from funcnn.ops.registry import names as names
 from funcnn.ops.registry import register as register
 from funcnn.ops.registry import registered as registered
+from funcnn.ops.registry import step_names as step_names
 from funcnn.ops.registry import step_rule as step_rule
 from funcnn.ops.rule import RULED_OPS as RULED_OPS
 from funcnn.ops.rule import Rule as Rule

@@ -1,6 +1,6 @@
 """Ready-made networks built from funcnn layers, as models and as layer lists.
 
-- `classic`: `lenet`, `vgg_small`;
+- `classic`: `lenet`, `lenet5` (BioTorch's MNIST LeNet-5), `vgg_small`;
 - `resnet`: `resnet20` (the CIFAR ResNet of He et al. 2016), `resnet18`
   (torchvision's);
 - `mobilenet`: `mobilenet_v1`;
@@ -10,6 +10,8 @@ Every model takes `layout="NCHW"` or `"NHWC"`, with the same parameters in both.
 """
 
 from funcnn.nn.models.classic import lenet as lenet
+from funcnn.nn.models.classic import lenet5 as lenet5
+from funcnn.nn.models.classic import lenet5_layers as lenet5_layers
 from funcnn.nn.models.classic import lenet_layers as lenet_layers
 from funcnn.nn.models.classic import vgg_small as vgg_small
 from funcnn.nn.models.classic import vgg_small_layers as vgg_small_layers

@@ -1,4 +1,4 @@
-"""The classic small CNNs: LeNet-5 and a small VGG."""
+"""The classic small CNNs: LeNet-5 (two forms) and a small VGG."""
 
 from __future__ import annotations
 
@@ -71,6 +71,54 @@ def lenet(
             layout=layout,
         )
     )
+
+
+def lenet5_layers(
+    num_classes: int = 10,
+    *,
+    input_hw: tuple[int, int] = (28, 28),
+    layout: str = "NCHW",
+) -> list[Layer]:
+    """The layers of `lenet5`, as a list."""
+    if tuple(input_hw) not in ((28, 28), (32, 32)):
+        raise ValueError(
+            f"lenet5: expected input_hw (28, 28) or (32, 32), got {input_hw!r}. Its "
+            "third conv must see a 5x5 map; for other sizes use funcnn.models.lenet."
+        )
+    pad = (32 - input_hw[0]) // 2  # 28x28 is padded to LeNet-5's 32x32 field
+    return [
+        Conv2D(6, 5, padding=pad, layout=layout),
+        Relu(),
+        MaxPool2D(2, layout=layout),
+        Conv2D(16, 5, layout=layout),
+        Relu(),
+        MaxPool2D(2, layout=layout),
+        Conv2D(120, 5, layout=layout),
+        Relu(),
+        Flatten(layout=layout),
+        Dense(84),
+        Dense(num_classes),
+    ]
+
+
+def lenet5(
+    num_classes: int = 10,
+    *,
+    input_hw: tuple[int, int] = (28, 28),
+    layout: str = "NCHW",
+) -> Layer:
+    """LeNet-5 as BioTorch's MNIST benchmark model (`LeNetMNIST`), on 28x28 or
+    32x32 `(N, 1, H, W)` images -> `(N, num_classes)` logits.
+
+    conv(6, 5x5) - relu - maxpool 2 - conv(16, 5x5) - relu - maxpool 2 -
+    conv(120, 5x5) - relu - flatten - dense 84 - dense num_classes. The first conv
+    pads 28x28 images by 2 (32x32 ones by 0), so the third conv sees a 5x5 map and
+    returns `(N, 120, 1, 1)`. As in BioTorch, there is no activation between the
+    two dense layers. It differs from `lenet` there, and in that its third layer
+    is a conv (the same map as a dense layer on the flattened 16x5x5 features,
+    but a backward rule sees a conv2d). 61,706 parameters with 10 classes.
+    """
+    return serial(*lenet5_layers(num_classes, input_hw=input_hw, layout=layout))
 
 
 def vgg_small_layers(
