@@ -31,7 +31,7 @@ from pathlib import Path
 import jax
 import numpy as np
 
-from funcnn import data, distributed, models, serial
+from funcnn import data, distributed, models, rules, serial
 from funcnn.distributed import cli as cluster
 from funcnn.inspect.plots import run_plots
 from funcnn.training import create_train_state as init_state
@@ -74,7 +74,7 @@ RECIPES = {  # --dataset -> its defaults; flags given explicitly win
         label_smoothing=0.0,
     ),
 }
-GRADS = ("custom", "autodiff", "feedback_alignment", "sign_symmetry")
+GRADS = rules.names()  # "custom", "autodiff" and every rule funcnn registers
 PRECISIONS = {"fp32": None, "bf16": "bfloat16"}
 FREE = ("epochs", "no_plots", *cluster.ARGUMENT_NAMES)  # a resume may change them
 SHIFT_PIXELS = 0.5  # the largest translation of --augment shift
@@ -188,7 +188,9 @@ def setup(args, mesh, run) -> dict:
         args.optimizer, args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, total_steps=total, warmup_steps=warmup,
     )  # fmt: skip
-    state = init_state(model, (-1, *x_train.shape[1:]), optimizer, seed=args.seed)
+    state = init_state(  # with --grad kolen_pollack, the state holds B too
+        model, (-1, *x_train.shape[1:]), optimizer, seed=args.seed, grad=args.grad
+    )
     one = mesh is None  # one device: plain jit; else split over the mesh
     dtype = PRECISIONS[args.precision]
     train_step = make_train_step(

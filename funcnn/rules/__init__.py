@@ -1,8 +1,9 @@
 """Backward rules: which rule each conv, pool and dense op uses, per layer.
 
 `grad=` (at an op, a layer, `model.apply`, `make_train_step`, `make_eval_step`) is
-a rule name ("custom", "autodiff", "feedback_alignment", "sign_symmetry", or one
-given to `register`), a rule value (a `Rule`, e.g. `feedback_alignment(seed=1)`),
+a rule name ("custom", "autodiff", one of the research rules in
+`funcnn.rules.builtin`, or one given to `register`), a rule value (a `Rule`, e.g.
+`feedback_alignment(seed=1)`),
 or a mapping from layer paths or glob patterns to those (see
 `funcnn.rules.scope`). A rule is a value: print it, hold it, pass it; nothing is
 switched globally. `Rule` documents the protocol a user rule follows;
@@ -22,11 +23,24 @@ from funcnn.ops.rule import Rule as Rule
 from funcnn.ops.rule import Window as Window
 from funcnn.rules import examples as examples
 from funcnn.rules.angles import angle as angle
+from funcnn.rules.builtin import BatchRandomSignFeedback as BatchRandomSignFeedback
+from funcnn.rules.builtin import DirectFeedbackAlignment as DirectFeedbackAlignment
 from funcnn.rules.builtin import FeedbackAlignment as FeedbackAlignment
+from funcnn.rules.builtin import FixedRandomSignFeedback as FixedRandomSignFeedback
+from funcnn.rules.builtin import KolenPollack as KolenPollack
 from funcnn.rules.builtin import SignSymmetry as SignSymmetry
+from funcnn.rules.builtin import UniformSignFeedback as UniformSignFeedback
+from funcnn.rules.builtin import brsf as brsf
+from funcnn.rules.builtin import direct_feedback_alignment as direct_feedback_alignment
 from funcnn.rules.builtin import draw_feedback as draw_feedback
 from funcnn.rules.builtin import feedback_alignment as feedback_alignment
+from funcnn.rules.builtin import frsf as frsf
+from funcnn.rules.builtin import kolen_pollack as kolen_pollack
 from funcnn.rules.builtin import sign_symmetry as sign_symmetry
+from funcnn.rules.builtin import usf as usf
+from funcnn.rules.kolen_pollack import check_feedback as check_feedback
+from funcnn.rules.kolen_pollack import init_feedback as init_feedback
+from funcnn.rules.layers import bind as bind
 from funcnn.rules.layers import check_model as check_model
 from funcnn.rules.layers import feedback_weights as feedback_weights
 from funcnn.rules.layers import layer_rule as layer_rule
