@@ -39,7 +39,7 @@ def model_of(layout="NCHW", dtype=F64):
     )
 
 
-def projection(seed, path, feature_nchw, size=4, gain=1.0):
+def projection(seed, path, feature_nchw, size=4, gain=0.1):
     """B `(E, C, H, W)` or `(E, F)`: normal, std gain / sqrt(E), from the key
     fold_in(PRNGKey(seed), sha256(path)[:4])."""
     code = int.from_bytes(hashlib.sha256(path.encode()).digest()[:4], "little")
@@ -176,7 +176,8 @@ def test_hidden_layers_learn_from_the_projected_error_alone():
         return funcnn.evaluate(funcnn.make_eval_step(model), state, x, y, 120)["loss"]
 
     frozen = final_loss("custom", optax.set_to_zero())
-    dfa = final_loss(DFA, optax.sgd(0.1))
+    # Full-scale projections: this small MLP stays stable with them.
+    dfa = final_loss(rules.direct_feedback_alignment(gain=1.0), optax.sgd(0.1))
     backprop = final_loss("custom", optax.sgd(0.1))
     assert frozen > 0.4  # the random features alone (measured: 0.59)
     assert dfa < 0.25 * frozen  # (measured: 0.089)
@@ -212,7 +213,7 @@ ERRORS = [
     (lambda: ops.dense(jnp.ones((2, 3)), jnp.ones((4, 3)),
                        grad=rules.direct_feedback_alignment(seed=1)), ValueError,
      "dense: expected a rule an op can run alone, got "
-     "DirectFeedbackAlignment(seed=1, gain=1.0, clip=None)"),
+     "DirectFeedbackAlignment(seed=1, gain=0.1, clip=None)"),
     (lambda: rules.feedback_weights(model_of(), model_of().init(
         jax.random.PRNGKey(0), (-1, 1, 6, 6))[1], DFA), ValueError,
      "rules.feedback_weights: expected input_shape= for direct_feedback_alignment"),

@@ -220,14 +220,15 @@ def test_frsf_keeps_its_magnitudes_while_w_changes():
 
 
 MIXED = {"*dense*": "kolen_pollack", "*": "usf"}
+# Mappings that put three rules in one model, so that few compilations cover all.
+TRIO_1 = {"00_conv": "frsf", "04_dense": rules.brsf(seed=1, step=3),
+          "06_dense": "feedback_alignment", "*": "custom"}  # fmt: skip
+TRIO_2 = {"00_conv": "sign_symmetry", "04_dense": "kolen_pollack", "*": "usf"}
 
 
 @pytest.mark.parametrize(
-    "grad",
-    ["feedback_alignment", "sign_symmetry", "usf", rules.brsf(seed=1, step=3),
-     "frsf", "kolen_pollack", MIXED],
-    ids=["fa", "sign", "usf", "brsf", "frsf", "kp", "mixed"],
-)  # fmt: skip
+    "grad", [TRIO_1, TRIO_2, MIXED], ids=["trio1", "trio2", "mixed"]
+)
 def test_every_layer_sends_its_delta_through_its_b(grad):
     """In a model, each conv and dense layer's input delta (funcnn.backward_trace)
     is the exact VJP of its plain op with W replaced by the B that
@@ -258,35 +259,52 @@ def test_every_layer_sends_its_delta_through_its_b(grad):
 
 
 def test_weight_angles_and_norm_ratios_are_logged():
+    """align_weight/<path> and norm_ratio/<path> against numpy's arccos of the
+    cosine and ratio of norms, for W and the B feedback_weights reports."""
     model = small_model()
     opt = funcnn.make_optimizer("sgd", 0.01)
-    batch = batches(1)[0]
-    for grad in ("feedback_alignment", MIXED):
-        fresh = funcnn.create_train_state(model, (-1, 1, 6, 6), opt, grad=grad)
-        step = funcnn.make_train_step(
-            model, opt, grad=grad, alignment=True, donate=False
+    grad = {"*dense*": "kolen_pollack", "*": "feedback_alignment"}
+    state = funcnn.create_train_state(model, (-1, 1, 6, 6), opt, grad=grad)
+    step = funcnn.make_train_step(model, opt, grad=grad, alignment=True, donate=False)
+    _, metrics = step(state, batches(1)[0])
+    feedback = rules.feedback_weights(model, state, grad)
+    for path, b in feedback.items():
+        w = np.asarray(state.params[path]["w"], np.float64).ravel()
+        b = np.asarray(b, np.float64).ravel()
+        cos = w @ b / np.linalg.norm(w) / np.linalg.norm(b)
+        assert float(metrics[f"align_weight/{path}"]) == pytest.approx(
+            np.degrees(np.arccos(cos)), abs=1e-3
         )
-        _, metrics = step(fresh, batch)
-        feedback = rules.feedback_weights(model, fresh, grad)
-        for path, b in feedback.items():
-            w = np.asarray(fresh.params[path]["w"], np.float64).ravel()
-            b = np.asarray(b, np.float64).ravel()
-            cos = w @ b / np.linalg.norm(w) / np.linalg.norm(b)
-            assert float(metrics[f"align_weight/{path}"]) == pytest.approx(
-                np.degrees(np.arccos(cos)), abs=1e-3
-            )
-            assert float(metrics[f"norm_ratio/{path}"]) == pytest.approx(
-                np.linalg.norm(b) / np.linalg.norm(w), rel=1e-5
-            )
-        assert {k for k in metrics if k.startswith("norm_ratio/")} == {
-            f"norm_ratio/{p}" for p in feedback
-        }
+        assert float(metrics[f"norm_ratio/{path}"]) == pytest.approx(
+            np.linalg.norm(b) / np.linalg.norm(w), rel=1e-5
+        )
+    assert {k for k in metrics if k.startswith("norm_ratio/")} == {
+        f"norm_ratio/{p}" for p in feedback
+    }
 
 
-@pytest.mark.parametrize("name", NAMES + ["direct_feedback_alignment"])
+TRIO_3 = {"00_conv": "brsf", "04_dense": "frsf", "*": "kolen_pollack"}
+TRIO_4 = {"00_conv": "usf", "04_dense": "feedback_alignment", "*": "sign_symmetry"}
+JIT_CASES = {
+    "trio1": TRIO_3,
+    "trio2": TRIO_4,
+    "dfa": "direct_feedback_alignment",
+    **{name: name for name in NAMES},  # each alone: marked slow below
+}
+
+
+@pytest.mark.parametrize(
+    "name",
+    [
+        pytest.param(key, marks=[pytest.mark.slow] if key in NAMES else [])
+        for key in JIT_CASES
+    ],
+)
 def test_each_rule_trains_alike_under_jit_in_both_layouts_and_bfloat16(name):
-    """One jitted train step per layout and compute dtype: NHWC's new state equals
-    NCHW's (float32), and bfloat16 compute stays near float32."""
+    """One jitted train step per layout and compute dtype: NHWC's update equals
+    NCHW's (float32), and bfloat16 compute points the same way. Every rule runs
+    in one of the unmarked cases (three rules to a model); each alone is slow."""
+    grad = JIT_CASES[name]
     batch = batches(1, (4, 1, 6, 6))[0]
     opt = funcnn.make_optimizer("momentum", 0.05, weight_decay=1e-3)
     updates = {}
@@ -294,10 +312,10 @@ def test_each_rule_trains_alike_under_jit_in_both_layouts_and_bfloat16(name):
         model = small_model(layout=layout)
         x = batch[0] if layout == "NCHW" else batch[0].transpose(0, 2, 3, 1)
         state = funcnn.create_train_state(
-            model, (-1, *x.shape[1:]), opt, seed=3, grad=name
+            model, (-1, *x.shape[1:]), opt, seed=3, grad=grad
         )
         step = funcnn.make_train_step(
-            model, opt, grad=name, compute_dtype=dtype, donate=False
+            model, opt, grad=grad, compute_dtype=dtype, donate=False
         )
         new, metrics = step(state, (x, batch[1]))
         assert float(metrics["nonfinite"]) == 0.0

@@ -1,14 +1,21 @@
 """Backward rules: which rule each conv, pool and dense op uses, per layer.
 
-`grad=` (at an op, a layer, `model.apply`, `make_train_step`, `make_eval_step`) is
-a rule name ("custom", "autodiff", one of the research rules in
-`funcnn.rules.builtin`, or one given to `register`), a rule value (a `Rule`, e.g.
-`feedback_alignment(seed=1)`),
+`grad=` (at an op, a layer, `model.apply`, `make_train_step`, `make_eval_step`,
+`funcnn.backward_trace`, `funcnn.alignment`) is a rule name ("custom",
+"autodiff", one of the research rules listed in `funcnn.rules.builtin`, or one
+given to `register`), a rule value (a `Rule`, e.g. `feedback_alignment(seed=1)`),
 or a mapping from layer paths or glob patterns to those (see
 `funcnn.rules.scope`). A rule is a value: print it, hold it, pass it; nothing is
 switched globally. `Rule` documents the protocol a user rule follows;
 `angle` measures how far a rule's update is from the exact one (`funcnn.alignment`
 uses it per layer).
+
+Rules that need the train step's context get it as values: `bind(grad,
+step=..., feedback=...)` gives brSF the step whose B it draws and Kolen-Pollack
+the train state's learned B (`init_feedback` makes them, `check_feedback`
+checks a state against a model); direct feedback alignment's output error is
+routed by the model's outermost combinator (`funcnn.nn.output_error`).
+`feedback_weights` shows the B of every layer under any of them.
 
 Imports go one way: `funcnn.ops` below, nothing of `funcnn.nn`, `funcnn.training`
 or `funcnn.inspect`. A model is read through its `children` and `LayerInfo`
@@ -21,6 +28,7 @@ from funcnn.ops.registry import registered as registered
 from funcnn.ops.rule import RULED_OPS as RULED_OPS
 from funcnn.ops.rule import Rule as Rule
 from funcnn.ops.rule import Window as Window
+from funcnn.rules import dfa as dfa
 from funcnn.rules import examples as examples
 from funcnn.rules.angles import angle as angle
 from funcnn.rules.builtin import BatchRandomSignFeedback as BatchRandomSignFeedback

@@ -15,9 +15,9 @@ between it and the output only through e (and the forward activations).
 The projection's shape: Nøkland's dense one, one fixed B per layer mapping the E
 outputs to every input unit of the layer, `(E, C, H, W)` for a conv in NCHW
 (drawn in NCHW order and transposed for NHWC, so both layouts train alike),
-`(E, F)` for dense. It costs E times the layer's input size per sample-free
-projection: for LeNet-5 at 28x28 with E = 10, 25,640 numbers (100 KB float32);
-for ResNet-20 on CIFAR-10, about 1.9 million (7.6 MB). BioTorch's alternative,
+`(E, F)` for dense. A layer's B holds E times the size of one input example:
+for LeNet-5 at 28x28 with E = 10, 25,640 numbers over its five layers (100 KB
+in float32); for ResNet-20 on CIFAR-10, 1,874,560 (7.5 MB). BioTorch's alternative,
 a `(E, C_in, KH, KW)` kernel applied to e tiled over the output positions, is
 smaller but sends nearly the same delta to every position; for ImageNet-sized
 inputs (and E = 1000) the dense projection would not fit. Like feedback

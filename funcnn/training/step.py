@@ -243,7 +243,8 @@ def make_train_step(
         )
         params, feedback, opt_state = learned_feedback.update(optimizer, grads, state)
         ok = jnp.isfinite(value) & _all_finite(grads) & _all_finite(params)
-        ok = ok & _all_finite(feedback)
+        if feedback is not None:  # the plain step's program stays as it was
+            ok = ok & _all_finite(feedback)
 
         def keep_if_ok(new, old):
             return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
