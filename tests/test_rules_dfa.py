@@ -15,7 +15,7 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 import pytest
-from helpers import assert_close
+from helpers import assert_close, rule_model
 from jax import lax
 
 import funcnn
@@ -25,18 +25,6 @@ pytestmark = pytest.mark.usefixtures("release_compiled")
 
 F64 = jnp.float64
 DFA = "direct_feedback_alignment"
-
-
-def model_of(layout="NCHW", dtype=F64):
-    return funcnn.serial(
-        funcnn.Conv2D(3, 3, padding=1, dtype=dtype, layout=layout),
-        funcnn.Relu(),
-        funcnn.MaxPool2D(2, layout=layout),
-        funcnn.Flatten(layout=layout),
-        funcnn.Dense(5, dtype=dtype),
-        funcnn.Relu(),
-        funcnn.Dense(4, dtype=dtype),
-    )
 
 
 def projection(seed, path, feature_nchw, size=4, gain=0.1):
@@ -67,7 +55,7 @@ def test_dfa_gradients_are_the_projected_errors_backpropagated_one_layer(layout)
     """Each hidden layer's parameter gradients are the exact ones of the layer fed
     `e @ B` at the input of the DFA layer above it, through the activation and
     pool between; the last layer's are exact."""
-    model = model_of(layout)
+    model = rule_model(F64, layout)
     x, y = case()
     xl = x if layout == "NCHW" else x.transpose(0, 2, 3, 1)
     _, params, state = model.init(jax.random.PRNGKey(2), (-1, *xl.shape[1:]))
@@ -115,7 +103,7 @@ def test_dfa_gradients_are_the_projected_errors_backpropagated_one_layer(layout)
 def test_a_layers_delta_depends_on_the_layers_above_only_through_e():
     """With a loss linear in the outputs, e is fixed: changing the weights above
     a layer leaves its DFA gradients as they were (backprop's change)."""
-    model = model_of()
+    model = rule_model(F64)
     _, params, state = model.init(jax.random.PRNGKey(3), (-1, 1, 6, 6))
     x, _ = case(1)
     weights = jnp.asarray(np.random.default_rng(2).standard_normal((3, 4)))
@@ -185,7 +173,7 @@ def test_hidden_layers_learn_from_the_projected_error_alone():
 
 
 def test_backward_trace_shows_the_projection_as_the_layers_input_delta():
-    model = model_of()
+    model = rule_model(F64)
     _, params, state = model.init(jax.random.PRNGKey(6), (-1, 1, 6, 6))
     x, y = case(2)
     trace = funcnn.backward_trace(model, params, state, (x, y), grad=DFA)
@@ -214,7 +202,7 @@ ERRORS = [
                        grad=rules.direct_feedback_alignment(seed=1)), ValueError,
      "dense: expected a rule an op can run alone, got "
      "DirectFeedbackAlignment(seed=1, gain=0.1, clip=None)"),
-    (lambda: rules.feedback_weights(model_of(), model_of().init(
+    (lambda: rules.feedback_weights(rule_model(F64), rule_model(F64).init(
         jax.random.PRNGKey(0), (-1, 1, 6, 6))[1], DFA), ValueError,
      "rules.feedback_weights: expected input_shape= for direct_feedback_alignment"),
     (lambda: rules.direct_feedback_alignment(gain=-1.0), ValueError,

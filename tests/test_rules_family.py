@@ -17,7 +17,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, rule_model
 from test_rules import CONVS, conv_case, grads, lax_conv, op_vjp, rand
 
 import funcnn
@@ -133,18 +133,6 @@ def test_clip_clamps_the_input_delta():
 # ------------------------------------------------------- brSF and frSF
 
 
-def small_model(dtype=jnp.float32, layout="NCHW"):
-    return funcnn.serial(
-        funcnn.Conv2D(3, 3, padding=1, dtype=dtype, layout=layout),
-        funcnn.Relu(),
-        funcnn.MaxPool2D(2, layout=layout),
-        funcnn.Flatten(layout=layout),
-        funcnn.Dense(5, dtype=dtype),
-        funcnn.Relu(),
-        funcnn.Dense(4, dtype=dtype),
-    )
-
-
 def batches(n, shape=(4, 1, 6, 6), seed=7):
     rng = np.random.default_rng(seed)
     return [
@@ -156,7 +144,7 @@ def batches(n, shape=(4, 1, 6, 6), seed=7):
 def test_brsf_redraws_per_step_and_replays_after_a_resume(tmp_path):
     from funcnn.training.checkpoint import load_checkpoint, save_checkpoint
 
-    model = small_model()
+    model = rule_model()
     opt = funcnn.make_optimizer("sgd", 0.05)
     state0 = funcnn.create_train_state(model, (-1, 1, 6, 6), opt, grad="brsf")
     step = funcnn.make_train_step(model, opt, grad="brsf", donate=False)
@@ -193,7 +181,7 @@ def test_brsf_redraws_per_step_and_replays_after_a_resume(tmp_path):
 
 
 def test_frsf_keeps_its_magnitudes_while_w_changes():
-    model = small_model()
+    model = rule_model()
     opt = funcnn.make_optimizer("momentum", 0.1)
     state = funcnn.create_train_state(model, (-1, 1, 6, 6), opt)
     step = funcnn.make_train_step(model, opt, grad="frsf", donate=False)
@@ -233,7 +221,7 @@ def test_every_layer_sends_its_delta_through_its_b(grad):
     """In a model, each conv and dense layer's input delta (funcnn.backward_trace)
     is the exact VJP of its plain op with W replaced by the B that
     rules.feedback_weights reports, at the delta it received."""
-    model = small_model(F64)
+    model = rule_model(F64)
     _, params, state = model.init(jax.random.PRNGKey(1), (-1, 1, 6, 6))
     x = rand(np.random.default_rng(8), (3, 1, 6, 6))
     y = jnp.asarray([0, 3, 1])
@@ -261,7 +249,7 @@ def test_every_layer_sends_its_delta_through_its_b(grad):
 def test_weight_angles_and_norm_ratios_are_logged():
     """align_weight/<path> and norm_ratio/<path> against numpy's arccos of the
     cosine and ratio of norms, for W and the B feedback_weights reports."""
-    model = small_model()
+    model = rule_model()
     opt = funcnn.make_optimizer("sgd", 0.01)
     grad = {"*dense*": "kolen_pollack", "*": "feedback_alignment"}
     state = funcnn.create_train_state(model, (-1, 1, 6, 6), opt, grad=grad)
@@ -309,7 +297,7 @@ def test_each_rule_trains_alike_under_jit_in_both_layouts_and_bfloat16(name):
     opt = funcnn.make_optimizer("momentum", 0.05, weight_decay=1e-3)
     updates = {}
     for layout, dtype in (("NCHW", None), ("NHWC", None), ("NCHW", jnp.bfloat16)):
-        model = small_model(layout=layout)
+        model = rule_model(layout=layout)
         x = batch[0] if layout == "NCHW" else batch[0].transpose(0, 2, 3, 1)
         state = funcnn.create_train_state(
             model, (-1, *x.shape[1:]), opt, seed=3, grad=grad
@@ -331,7 +319,7 @@ def test_each_rule_trains_alike_under_jit_in_both_layouts_and_bfloat16(name):
 # ---------------------------------------------------------------- errors
 
 
-MODEL = small_model()
+MODEL = rule_model()
 OPT = funcnn.make_optimizer("sgd", 0.1)
 X = jnp.ones((2, 3), jnp.float32)
 W = jnp.ones((4, 3), jnp.float32)

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 import pytest
-from helpers import assert_close
+from helpers import assert_close, rule_model
 
 import funcnn
 from funcnn import rules
@@ -21,18 +21,6 @@ from funcnn.training.checkpoint import load_checkpoint, save_checkpoint
 pytestmark = pytest.mark.usefixtures("release_compiled")
 
 KP = "kolen_pollack"
-
-
-def model_of():
-    return funcnn.serial(
-        funcnn.Conv2D(3, 3, padding=1),
-        funcnn.Relu(),
-        funcnn.MaxPool2D(2),
-        funcnn.Flatten(),
-        funcnn.Dense(5),
-        funcnn.Relu(),
-        funcnn.Dense(4),
-    )
 
 
 def batches(n, seed=0):
@@ -48,7 +36,7 @@ def differences(state):
 
 
 def test_b_starts_as_feedback_alignments_and_shrinks_towards_w_under_decay():
-    model = model_of()
+    model = rule_model()
     lr, wd = 0.05, 0.1
     opt = funcnn.make_optimizer("sgd", lr, weight_decay=wd)
     state = funcnn.create_train_state(model, (-1, 1, 6, 6), opt, grad=KP)
@@ -75,7 +63,7 @@ def test_b_starts_as_feedback_alignments_and_shrinks_towards_w_under_decay():
 
 
 def test_b_gets_the_same_adam_update_as_w():
-    model = model_of()
+    model = rule_model()
     opt = funcnn.make_optimizer("adam", 1e-2)
     state = funcnn.create_train_state(model, (-1, 1, 6, 6), opt, grad=KP, seed=2)
     step = funcnn.make_train_step(model, opt, grad=KP, donate=False)
@@ -89,7 +77,7 @@ def test_b_gets_the_same_adam_update_as_w():
 
 
 def test_b_round_trips_through_a_checkpoint_bit_for_bit(tmp_path):
-    model = model_of()
+    model = rule_model()
     opt = funcnn.make_optimizer("momentum", 0.05, weight_decay=1e-3)
     state = funcnn.create_train_state(model, (-1, 1, 6, 6), opt, grad=KP)
     step = funcnn.make_train_step(model, opt, grad=KP, donate=False)
@@ -108,7 +96,7 @@ def test_b_round_trips_through_a_checkpoint_bit_for_bit(tmp_path):
         np.testing.assert_array_equal(got, want)
 
 
-MODEL = model_of()
+MODEL = rule_model()
 OPT = funcnn.make_optimizer("sgd", 0.1)
 BATCH = batches(1)[0]
 PLAIN = funcnn.create_train_state(MODEL, (-1, 1, 6, 6), OPT)

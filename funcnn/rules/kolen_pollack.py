@@ -19,7 +19,7 @@ from collections.abc import Mapping
 from typing import Any, ClassVar
 
 from funcnn.ops import registry
-from funcnn.rules.feedback import Drawn, with_feedback
+from funcnn.rules.feedback import Drawn, FeedbackAlignment
 from funcnn.rules.model import params_at, walk
 from funcnn.rules.scope import pick, scoped_at
 
@@ -27,9 +27,10 @@ FUNC = "kolen_pollack"
 
 
 @dataclasses.dataclass(frozen=True, eq=False, repr=False)
-class KolenPollack(Drawn):
+class KolenPollack(FeedbackAlignment):
     """Kolen-Pollack for conv2d and dense: the input delta flows through B, dW
-    and db are exact, and the train step updates B as it updates W.
+    and db are exact, and the train step updates B as it updates W. It is
+    feedback alignment whose B the train state holds.
 
     Fields:
       feedback: None (each layer uses its initial B: feedback alignment's draw
@@ -52,17 +53,14 @@ class KolenPollack(Drawn):
     W), for conv and dense layers alike.
     """
 
-    feedback: Any = None
-    seed: int = 0
-    init: Any = "glorot_uniform"
-    gain: float = 0.5
-    clip: float | None = None
-
-    ops: ClassVar[tuple[str, ...]] = ("conv2d", "dense")
-    array_fields: ClassVar[tuple[str, ...]] = ("feedback",)
     learned_feedback: ClassVar[bool] = True
-
     name: ClassVar[str] = FUNC
+
+    def __post_init__(self):
+        if isinstance(self.feedback, Mapping):  # the train state's, bound
+            Drawn.__post_init__(self)
+        else:
+            super().__post_init__()
 
     def bind(self, *, step=None, feedback=None):
         del step
@@ -71,24 +69,16 @@ class KolenPollack(Drawn):
         )
 
     def prepare(self, op, w, path="", w_init=None):
-        if op not in self.ops:
-            return self
         fb = self.feedback
-        if fb is None:
-            return dataclasses.replace(self, feedback=self.draw(w, path, w_init))
-        if isinstance(fb, Mapping):
+        if op in self.ops and isinstance(fb, Mapping):
             if path not in fb:
                 raise ValueError(
                     f"{FUNC}: expected the train state's feedback to hold B for "
                     f"layer {path!r}, got B for {sorted(fb)}. Create the state "
                     "with create_train_state(..., grad=...) for this model and grad."
                 )
-            rule = dataclasses.replace(self, feedback=fb[path])
-            return with_feedback(rule, FUNC, op, w, path)
-        return with_feedback(self, FUNC, op, w, path)
-
-    def backward_weight(self, w):
-        return self.feedback
+            return dataclasses.replace(self, feedback=fb[path]).prepare(op, w, path)
+        return super().prepare(op, w, path, w_init)
 
 
 def kolen_pollack(
