@@ -207,7 +207,9 @@ def setup(args, mesh, run) -> dict:
         args.optimizer, args.lr, weight_decay=args.weight_decay,
         schedule=args.schedule, total_steps=total, warmup_steps=warmup,
     )  # fmt: skip
-    state = init_state(model, (-1, *x_train.shape[1:]), optimizer, seed=args.seed)
+    state = init_state(  # with --grad kolen_pollack, the state holds B too
+        model, (-1, *x_train.shape[1:]), optimizer, seed=args.seed, grad=args.grad
+    )
     one = mesh is None  # one device: plain jit; else split over the mesh
     dtype = PRECISIONS[args.precision]
     train_step = make_train_step(

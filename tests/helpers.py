@@ -9,6 +9,8 @@ import jax.numpy as jnp
 import numpy as np
 from jax import lax
 
+import funcnn
+
 
 def _fast_compile_options():
     """XLA:CPU options that cut compile time 2-5x without changing what is computed.
@@ -75,3 +77,18 @@ def cases_checked(module_name: str, sweep, monkeypatch) -> list:
     )
     sweep()
     return seen
+
+
+def rule_model(dtype=jnp.float32, layout="NCHW"):
+    """The small CNN the rule tests train: conv 3x3 (3 channels, padding 1) -
+    relu - max pool 2 - flatten - dense 5 - relu - dense 4, for 6x6 inputs;
+    its conv and dense layers are "00_conv", "04_dense" and "06_dense"."""
+    return funcnn.serial(
+        funcnn.Conv2D(3, 3, padding=1, dtype=dtype, layout=layout),
+        funcnn.Relu(),
+        funcnn.MaxPool2D(2, layout=layout),
+        funcnn.Flatten(layout=layout),
+        funcnn.Dense(5, dtype=dtype),
+        funcnn.Relu(),
+        funcnn.Dense(4, dtype=dtype),
+    )

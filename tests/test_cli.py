@@ -494,3 +494,18 @@ def test_mnist5k_trains_lenet5_with_its_recipe(tmp_path):
     assert config["data"]["examples"] == 4000
     losses = [r["loss"] for r in records(run) if r["type"] == "step"]
     assert len(losses) == 2 and all(np.isfinite(losses))
+
+
+def test_every_registered_rule_is_a_grad_choice(cli):
+    """--grad offers every rule funcnn registers; with Kolen-Pollack the state
+    that setup builds holds B for each conv and dense layer."""
+    from funcnn import rules
+
+    for name in rules.names():
+        assert cli.parse_args(["--grad", name]).grad == name
+    args = cli.parse_args(["--grad", "kolen_pollack", "--width", "1", "--no-plots"])
+    state = cli.setup(args, None, None)["state"]
+    paths = ["00_conv", "03_conv", "07_dense", "09_dense", "11_dense"]
+    assert sorted(state.feedback) == paths
+    for path in paths:
+        assert state.feedback[path].shape == state.params[path]["w"].shape

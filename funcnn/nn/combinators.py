@@ -16,7 +16,9 @@ import jax
 import jax.numpy as jnp
 
 from funcnn import rules
+from funcnn.nn import output_error
 from funcnn.nn.core import Layer, check_keywords, describe, leaf, leaf_paths, prefixed
+from funcnn.rules import dfa
 
 
 def _keys(layers: Sequence[Layer]) -> list[str]:
@@ -77,6 +79,9 @@ def combinator(
         grad = kwargs.get("grad", "custom")
         if isinstance(grad, Mapping):  # the outermost combinator checks the map
             rules.check_patterns(grad, leaf_paths(layer), func=label)
+        if not isinstance(grad, rules.Scoped) and dfa.uses_output_error(grad):
+            # The outermost combinator routes the output error to DFA layers.
+            return output_error.apply(layer, params, state, x, kwargs)
         keys = _split_key(kwargs.get("key"), len(children))
         new_state = {}
 

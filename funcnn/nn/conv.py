@@ -74,8 +74,8 @@ def Conv2D(
     positive_int(label, "out_channels", out_channels)
     positive_int(label, "groups", groups)
     kh, kw = _args.pair(label, "window", window)
-    info = LayerInfo("conv2d", w_init)
     _args.check_layout(label, layout)
+    info = LayerInfo("conv2d", w_init, layout)
     kwargs: dict[str, Any] = dict(
         stride=stride, padding=padding, dilation=dilation, groups=groups, layout=layout
     )

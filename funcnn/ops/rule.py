@@ -90,11 +90,25 @@ class Rule:
       array_fields: names of the fields that hold arrays (e.g. a fixed B). They
         travel through the op's custom VJP as differentiable inputs with zero
         cotangents; every other field is static configuration and must be
-        hashable (numbers, strings, tuples).
+        hashable (numbers, strings, tuples). An array field may hold a pytree
+        of arrays (Kolen-Pollack's `{layer path: B}`).
+      learned_feedback: True for a rule whose B lives in the train state.
+      output_error: True for a rule that needs the network's output error.
+
+    Arrays the methods see: x `(N, C_in, H, W)` or `(N, F_in)`; w `(C_out,
+    C_in // G, KH, KW)` or `(F_out, F_in)`; g, the output deltas, `(N, C_out, OH,
+    OW)` or `(N, F_out)`. The bias gradient is always the exact sum of the deltas.
     """
 
     ops: ClassVar[tuple[str, ...]] = ()
     array_fields: ClassVar[tuple[str, ...]] = ()
+    # B lives in the train state and is updated by the optimizer (Kolen-Pollack):
+    # `create_train_state(grad=...)` makes it, `bind(feedback=...)` reads it.
+    learned_feedback: ClassVar[bool] = False
+    # The rule replaces a layer's input delta by a projection of the network's
+    # output error (direct feedback alignment): the outermost combinator routes
+    # that error to the layers (`funcnn.nn.output_error`); no op can run it alone.
+    output_error: ClassVar[bool] = False
 
     def __init_subclass__(cls, **kwargs):
         super().__init_subclass__(**kwargs)
@@ -136,6 +150,15 @@ class Rule:
         dtype)` drew (None: He normal). Runs before the custom VJP, so a rule can
         make its arrays here (feedback alignment draws B). Default: itself."""
         del op, w, path, w_init
+        return self
+
+    def bind(self, *, step: Any = None, feedback: Any = None) -> Rule:
+        """The rule for one train step. `make_train_step` calls it with the
+        state's step (an int32 scalar) and its learned feedback weights
+        (`TrainState.feedback`, `{layer path: B}`), so that a rule can redraw B
+        at every step (brSF) or read B from the state (Kolen-Pollack).
+        Default: itself."""
+        del step, feedback
         return self
 
     def backward_weight(self, w):

@@ -1,7 +1,8 @@
 """Backward rules: which rule each conv, pool and dense op uses, per layer.
 
-`grad=` (at an op, a layer, `model.apply`, `make_train_step`, `make_eval_step`) is
-a rule name ("custom", "autodiff", "feedback_alignment", "sign_symmetry", or one
+`grad=` (at an op, a layer, `model.apply`, `make_train_step`, `make_eval_step`,
+`funcnn.backward_trace`, `funcnn.alignment`) is a rule name ("custom",
+"autodiff", one of the research rules listed in `funcnn.rules.builtin`, or one
 given to `register`), a rule value (a `Rule`, e.g. `feedback_alignment(seed=1)`),
 or a mapping from layer paths or glob patterns to those (see
 `funcnn.rules.scope`). A rule is a value: print it, hold it, pass it; nothing is
@@ -9,6 +10,13 @@ switched globally. `Rule` documents the protocol a user rule follows;
 `angle` measures how far a rule's update is from the exact one (`funcnn.alignment`
 uses it per layer). `forward_gradient` is a rule of another kind (a `StepRule`):
 it replaces a train step's whole backward pass, so only `make_train_step` takes it.
+
+Rules that need the train step's context get it as values: `bind(grad,
+step=..., feedback=...)` gives brSF the step whose B it draws and Kolen-Pollack
+the train state's learned B (`init_feedback` makes them, `check_feedback`
+checks a state against a model); direct feedback alignment's output error is
+routed by the model's outermost combinator (`funcnn.nn.output_error`).
+`feedback_weights` shows the B of every layer under any of them.
 
 Imports go one way: `funcnn.ops` below, nothing of `funcnn.nn`, `funcnn.training`
 or `funcnn.inspect`. A model is read through its `children` and `LayerInfo`
@@ -24,15 +32,29 @@ from funcnn.ops.rule import RULED_OPS as RULED_OPS
 from funcnn.ops.rule import Rule as Rule
 from funcnn.ops.rule import StepRule as StepRule
 from funcnn.ops.rule import Window as Window
+from funcnn.rules import dfa as dfa
 from funcnn.rules import examples as examples
 from funcnn.rules.angles import angle as angle
+from funcnn.rules.builtin import BatchRandomSignFeedback as BatchRandomSignFeedback
+from funcnn.rules.builtin import DirectFeedbackAlignment as DirectFeedbackAlignment
 from funcnn.rules.builtin import FeedbackAlignment as FeedbackAlignment
+from funcnn.rules.builtin import FixedRandomSignFeedback as FixedRandomSignFeedback
+from funcnn.rules.builtin import KolenPollack as KolenPollack
 from funcnn.rules.builtin import SignSymmetry as SignSymmetry
+from funcnn.rules.builtin import UniformSignFeedback as UniformSignFeedback
+from funcnn.rules.builtin import brsf as brsf
+from funcnn.rules.builtin import direct_feedback_alignment as direct_feedback_alignment
 from funcnn.rules.builtin import draw_feedback as draw_feedback
 from funcnn.rules.builtin import feedback_alignment as feedback_alignment
+from funcnn.rules.builtin import frsf as frsf
+from funcnn.rules.builtin import kolen_pollack as kolen_pollack
 from funcnn.rules.builtin import sign_symmetry as sign_symmetry
+from funcnn.rules.builtin import usf as usf
 from funcnn.rules.forward import ForwardGradient as ForwardGradient
 from funcnn.rules.forward import forward_gradient as forward_gradient
+from funcnn.rules.kolen_pollack import check_feedback as check_feedback
+from funcnn.rules.kolen_pollack import init_feedback as init_feedback
+from funcnn.rules.layers import bind as bind
 from funcnn.rules.layers import check_model as check_model
 from funcnn.rules.layers import feedback_weights as feedback_weights
 from funcnn.rules.layers import layer_rule as layer_rule

@@ -12,10 +12,14 @@ from __future__ import annotations
 from collections.abc import Mapping
 from typing import Any
 
+import jax
+import jax.numpy as jnp
+
 from funcnn.ops import registry
 from funcnn.ops.rule import unsupported
-from funcnn.rules.model import walk
-from funcnn.rules.scope import check_patterns, mapping_table, path_of, pick, scope
+from funcnn.rules import dfa
+from funcnn.rules.model import params_at, walk
+from funcnn.rules.scope import check_patterns, mapping_table, path_of, pick, scoped_at
 
 
 def layer_rule(grad: Any, *, layer: str, info: Any, w=None) -> Any:
@@ -38,20 +42,6 @@ def layer_rule(grad: Any, *, layer: str, info: Any, w=None) -> Any:
     return rule.prepare(info.op, w, path_of(grad), info.w_init)
 
 
-def _scoped_at(grad: Any, path: str) -> Any:
-    if not path:
-        return grad
-    for part in path.split("/"):
-        grad = scope(grad, part)
-    return grad
-
-
-def _params_at(params: Any, path: str) -> Any:
-    for part in path.split("/") if path else ():
-        params = params[part]
-    return params
-
-
 def check_model(func: str, model: Any, grad: Any) -> None:
     """Checks that every mapping key matches a layer and that each layer's rule
     supports the layer's op, before anything is traced.
@@ -65,7 +55,7 @@ def check_model(func: str, model: Any, grad: Any) -> None:
         info = getattr(leaf, "info", None)
         if info is None:
             continue
-        scoped = _scoped_at(grad, path)
+        scoped = scoped_at(grad, path)
         rule = registry.lookup(func, pick(scoped, layer=func))
         if isinstance(rule, str) or info.op in rule.ops:
             continue
@@ -76,28 +66,126 @@ def check_model(func: str, model: Any, grad: Any) -> None:
             raise ValueError(unsupported(info.op, rule, where, func)) from None
 
 
-def feedback_weights(model: Any, params: Any, grad: Any) -> dict[str, Any]:
+def bind(grad: Any, *, step: Any = None, feedback: Any = None) -> Any:
+    """`grad` for one train step: every rule in it (by name or value, alone or
+    in a mapping) replaced by `rule.bind(step=step, feedback=feedback)`, so that
+    brSF draws the step's B and Kolen-Pollack reads the state's B. Names of
+    rules that do not change stay names."""
+
+    def one(value):
+        rule = registry.lookup("bind", value)
+        if isinstance(rule, str):
+            return value
+        bound = rule.bind(step=step, feedback=feedback)
+        return value if bound is rule else bound
+
+    if isinstance(grad, Mapping):
+        return {key: one(value) for key, value in grad.items()}
+    return one(grad)
+
+
+def _layer_inputs(model: Any, params: Any, input_shape) -> tuple[Any, dict]:
+    """The output and every leaf's input, as shapes, for a batch of `input_shape`
+    (its batch size may be -1), from an abstract pass."""
+    shape = (1, *tuple(input_shape)[1:]) if input_shape[0] == -1 else input_shape
+    dtype = jax.tree_util.tree_leaves(params)[0].dtype
+
+    def run(p):
+        _, _, state = model.init(jax.random.PRNGKey(0), tuple(shape))
+        seen = {}
+
+        def hook(keys, leaf, call, x):
+            seen["/".join(keys)] = x
+            return call(x)
+
+        y, _ = model.apply(p, state, jnp.zeros(shape, dtype), hook=hook)
+        return y, seen
+
+    return jax.eval_shape(run, params)
+
+
+def feedback_weights(
+    model: Any,
+    params: Any,
+    grad: Any,
+    *,
+    step: Any = None,
+    feedback: Any = None,
+    input_shape: tuple[int, ...] | None = None,
+) -> dict[str, Any]:
     """The weights B each conv and dense layer's input delta flows through.
 
     Args:
       model: the `Layer`.
-      params: its parameters (B does not depend on them for feedback alignment;
-        sign symmetry's B is sign(W) of these).
+      params: its parameters, or a train state (anything with `params`, `step`
+        and `feedback` fields), whose step and learned B are then used. B does
+        not depend on the params for feedback alignment, frSF's |B| neither;
+        the sign rules take sign(W) of these.
       grad: a rule name, value or mapping, as given to `model.apply`.
+      step: brSF draws the B of this step (default: the state's, else 0).
+      feedback: Kolen-Pollack's `{path: B}` (default: the state's, else each
+        layer's initial B).
+      input_shape: the model's input shape, needed only for direct feedback
+        alignment, whose B depends on each layer's input size.
 
     Returns:
-      `{layer path: B}` for every layer whose rule rewrites its op; B has the
-      shape of that layer's w. Layers under "custom" or "autodiff" (B = W) are
-      left out.
+      `{layer path: B}` for every layer whose rule rewrites its op. B has the
+      shape of the layer's w, except under direct feedback alignment, where it
+      is the projection `(E, *x.shape[1:])` from the E network outputs to the
+      layer's input. Layers under "custom" or "autodiff" (B = W) are left out.
+
+    Raises:
+      ValueError: for a rule a layer does not support, or a direct feedback
+        alignment layer without `input_shape`.
     """
-    check_model("rules.feedback_weights", model, grad)
+    func = "rules.feedback_weights"
+    if hasattr(params, "params") and hasattr(params, "feedback"):
+        state = params
+        params = state.params
+        step = state.step if step is None else step
+        feedback = state.feedback if feedback is None else feedback
+    grad = bind(grad, step=step, feedback=feedback)
+    check_model(func, model, grad)
+    taps = (
+        dfa.output_error_layers(func, model, grad)
+        if dfa.uses_output_error(grad)
+        else {}
+    )
+    if taps and input_shape is None:
+        raise ValueError(
+            f"{func}: expected input_shape= for {dfa.FUNC}, got None. Its B at a "
+            "layer maps the network's outputs to that layer's input, e.g. pass "
+            "input_shape=(-1, 1, 28, 28)."
+        )
+    out = {}
+    if taps:
+        y, inputs = _layer_inputs(model, params, input_shape)
+        size = int(y.size // y.shape[0])
+        for path, (rule, layout) in taps.items():
+            x = inputs[path]
+            out[path] = rule.projection(path, x.shape, x.dtype, size, layout)
+    out.update(weight_feedback(model, params, grad))
+    return {path: out[path] for path, _ in walk(model) if path in out}
+
+
+def weight_feedback(model: Any, params: Any, grad: Any) -> dict[str, Any]:
+    """`{path: B}` for every layer whose rule sends its input delta through a B
+    of w's shape: `feedback_weights` without direct feedback alignment's
+    projections. `grad` is taken as it is (bind it first for brSF and
+    Kolen-Pollack)."""
     out = {}
     for path, leaf in walk(model):
         info = getattr(leaf, "info", None)
         if info is None or info.w_init is None:
             continue
-        w = _params_at(params, path)["w"]
-        rule = layer_rule(_scoped_at(grad, path), layer=leaf.name, info=info, w=w)
+        w = params_at(params, path)["w"]
+        scoped = scoped_at(grad, path)
+        picked = registry.lookup(
+            "rules.feedback_weights", pick(scoped, layer=leaf.name)
+        )
+        if isinstance(picked, str) or picked.output_error:
+            continue
+        rule = layer_rule(scoped, layer=leaf.name, info=info, w=w)
         if isinstance(rule, str) or info.op not in rule.ops:
             continue
         out[path] = rule.prepare(info.op, w).backward_weight(w)
@@ -119,4 +207,6 @@ def validate(func: str, grad: Any, *, model: Any = None) -> Any:
         registry.lookup(func, rule, f" at key {key!r}" if key else "")
     if model is not None and hasattr(model, "children"):
         check_model(func, model, grad)
+        if dfa.uses_output_error(grad):
+            dfa.output_error_layers(func, model, grad)
     return grad

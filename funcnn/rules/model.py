@@ -15,11 +15,12 @@ from typing import Any, NamedTuple
 
 class LayerInfo(NamedTuple):
     """What a leaf layer runs: the op (e.g. "conv2d") whose backward rule `grad=`
-    picks, and `w_init(key, shape, fan_in, dtype)`, which draws its weights (None
-    for layers without)."""
+    picks, `w_init(key, shape, fan_in, dtype)`, which draws its weights (None
+    for layers without), and the layout of its input ("NCHW" or "NHWC")."""
 
     op: str
     w_init: Callable | None = None
+    layout: str = "NCHW"
 
 
 def walk(layer: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
@@ -32,3 +33,10 @@ def walk(layer: Any, path: tuple[str, ...] = ()) -> Iterator[tuple[str, Any]]:
         return
     for key, child in layer.children:
         yield from walk(child, path + (key,))
+
+
+def params_at(params: Any, path: str) -> Any:
+    """The part of `params` (or grads) at the layer path "a/b" ("" is all)."""
+    for part in path.split("/") if path else ():
+        params = params[part]
+    return params

@@ -68,6 +68,13 @@ def scope(grad: Any, name: str) -> Scoped:
     return Scoped((("*", grad),), (name,))
 
 
+def scoped_at(grad: Any, path: str) -> Any:
+    """`grad` as the layer at `path` ("a/b", "" for the root) sees it."""
+    for part in path.split("/") if path else ():
+        grad = scope(grad, part)
+    return grad
+
+
 def path_of(grad: Any) -> str:
     """The layer path `grad` was scoped to ("" outside any combinator)."""
     return grad.path_str if isinstance(grad, Scoped) else ""

@@ -2,12 +2,11 @@
 `g = mean_k (dL . v_k) v_k` from forward-mode passes only, no backward pass.
 
 The directional derivatives come from `jax.jvp` of the loss, all K tangents at
-once (`jax.vmap` over the tangents only, so the primal forward runs once). The
-model runs with `grad="autodiff"` at every op: a hand-written rule is a rule for
-the backward pass, and a custom op's forward, hence its tangent, is by
-definition the plain forward's; so this is the tangent `grad="custom"` has, and
-it needs no forward mode through `jax.custom_vjp`. (A `funcnn.Physical` layer is
-still a custom VJP, and so refuses forward mode.)
+once (`jax.vmap` over the tangents only, so the primal forward runs once). A
+custom op's tangent is its plain forward's, so the step runs the model with
+`grad="custom"` where this JAX has forward mode through the hand-written rules
+(`funcnn.ops.forward_mode_available()`), else with `grad="autodiff"`: the same
+numbers either way. A `funcnn.Physical` layer's tangent is its twin's.
 """
 
 from __future__ import annotations
@@ -52,7 +51,7 @@ def forward_value_and_grad(
 
     Args:
       objective: `objective(params) -> (scalar loss, aux)`, differentiable in
-        forward mode (the model applied with `grad="autodiff"`).
+        forward mode (the model as the step applies it).
       params: the params tree.
       key: draws the directions (`draw_directions`).
       rule: the `ForwardGradient` (its `directions` K).

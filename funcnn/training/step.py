@@ -22,14 +22,14 @@ from typing import Any, NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-import optax
 
 from funcnn import rules
 from funcnn.nn import probe
 from funcnn.nn.core import Layer
-from funcnn.training import precision
+from funcnn.ops import forward_mode_available
+from funcnn.training import learned_feedback, precision
 from funcnn.training.forward_grad import forward_value_and_grad
-from funcnn.training.layer_metrics import alignment_metrics
+from funcnn.training.layer_metrics import alignment_metrics, weight_metrics
 from funcnn.training.losses import accuracy, loss_fn
 from funcnn.training.optim import learning_rate
 from funcnn.training.step_checks import CheckedStep, check_optimizer
@@ -52,13 +52,21 @@ class TrainState(NamedTuple):
 
     params: Any  # pytree of float32 arrays from model.init, e.g. {"00_conv": {...}}
     model_state: Any  # pytree from model.init: BatchNorm running mean/var, shape (C,)
-    opt_state: Any  # optax state of the optimizer for params
+    opt_state: Any  # optax state for params, or (params, feedback) with feedback
     step: jax.Array  # shape=(), int32: train_step calls so far
     key: jax.Array  # shape=(2,), uint32: raw PRNG key (jax.random.PRNGKey) to split
+    # {layer path: B} of the layers whose rule learns B (Kolen-Pollack), each of
+    # w's shape and dtype; None without such a rule. See training.learned_feedback.
+    feedback: Any = None
 
 
 def create_train_state(
-    model: Layer, input_shape: tuple[int, ...], optimizer, *, seed: int = 0
+    model: Layer,
+    input_shape: tuple[int, ...],
+    optimizer,
+    *,
+    seed: int = 0,
+    grad: Any = None,
 ) -> TrainState:
     """Initialises the model and optimizer.
 
@@ -68,6 +76,11 @@ def create_train_state(
             `(-1, 1, 8, 8)` (the batch size may be -1).
         optimizer: an `optax.GradientTransformation`, e.g. from `make_optimizer`.
         seed: seeds the parameter initialisation and the training key.
+        grad: the rules the state will train with, as for `make_train_step`.
+            Needed only for a rule that learns its feedback weights
+            ("kolen_pollack"): the state then holds each such layer's initial
+            B in `feedback`, and `opt_state` is the optimizer's state for
+            `(params, feedback)` (`funcnn.training.learned_feedback`).
 
     Returns:
         A `TrainState` at step 0.
@@ -79,14 +92,18 @@ def create_train_state(
             "funcnn.models."
         )
     check_optimizer("create_train_state", optimizer)
+    if grad is not None:
+        rules.validate("create_train_state", grad, model=model)
     init_key, train_key = jax.random.split(jax.random.PRNGKey(seed))
     _, params, model_state = model.init(init_key, tuple(input_shape))
+    feedback = None if grad is None else rules.init_feedback(model, params, grad)
     return TrainState(
         params=params,
         model_state=model_state,
-        opt_state=optimizer.init(params),
+        opt_state=optimizer.init(learned_feedback.trainable(params, feedback)),
         step=jnp.zeros((), jnp.int32),
         key=train_key,
+        feedback=feedback,
     )
 
 
@@ -156,11 +173,13 @@ def make_train_step(
             `(outputs (N, K), labels (N,)) -> scalar`.
         grad: the backward rules of the convs, pools and dense layers: a rule
             name ("custom", "autodiff", "feedback_alignment", ...), a rule value,
-            or a mapping from layer paths to those (`funcnn.rules`). Or a rule
-            for the whole step: `rules.forward_gradient(K)` (or
-            "forward_gradient") estimates the gradient from K forward-mode
-            directional derivatives and runs no backward pass
-            (`funcnn.training.forward_grad`).
+            or a mapping from layer paths to those (`funcnn.rules`). Each step
+            binds it to the state (`rules.bind`): brSF draws the step's B,
+            Kolen-Pollack reads and updates the state's `feedback` (make the
+            state with `create_train_state(..., grad=grad)`). Or a rule for the
+            whole step: `rules.forward_gradient(K)` (or "forward_gradient")
+            estimates the gradient from K forward-mode directional derivatives
+            and runs no backward pass (`funcnn.training.forward_grad`).
         label_smoothing: eps in [0, 1) for "cross_entropy": the targets become
             `(1 - eps) * one_hot + eps / K`, and the logged loss is that loss.
         layer_stats: also return, per leaf-layer path (e.g. "03_conv"),
@@ -170,8 +189,11 @@ def make_train_step(
             default, and then the compiled step is unchanged.
         alignment: also log, per layer with parameters, the angles in degrees
             between `grad`'s backward and the exact one ("align_grad/<path>",
-            "align_delta/<path>", see `funcnn.alignment`). Costs a second
-            forward and backward pass per step.
+            "align_delta/<path>", see `funcnn.alignment`), and per layer whose
+            rule sends its delta through a B of w's shape, the angle between W
+            and B ("align_weight/<path>", degrees) and `|B| / |W|`
+            ("norm_ratio/<path>"), B as `rules.feedback_weights` gives it for
+            this step. Costs a second forward and backward pass per step.
         compute_dtype: None for float32 throughout, or e.g. `jnp.bfloat16` for
             mixed precision (`funcnn.training.precision`): the images and the
             float params are cast to it at the start of the step, the forward and
@@ -208,6 +230,10 @@ def make_train_step(
         )
     if whole_step is None:
         rules.validate(func, grad, model=model)
+    # Forward gradients differentiate the forward in forward mode: through the
+    # hand-written rules where this JAX runs forward mode through them (the same
+    # tangent as the plain forward's), else through the plain forward.
+    forward_rule = "custom" if forward_mode_available() else "autodiff"
     check_optimizer(func, optimizer)
     loss_of = loss_fn(loss, label_smoothing)
     dtype = precision.check_compute_dtype(func, compute_dtype)
@@ -226,8 +252,16 @@ def make_train_step(
         """
         x, y = batch
         key, step_key = jax.random.split(state.key)
+        if whole_step is None:
+            rules.check_feedback(
+                "train_step", model, state.params, grad, state.feedback
+            )
+            # brSF draws this step's B; Kolen-Pollack reads B from the state.
+            bound = rules.bind(grad, step=state.step, feedback=state.feedback)
+        else:
+            bound = forward_rule
 
-        def objective(params, hook=None, rule=grad):
+        def objective(params, hook=None, rule=bound):
             out, model_state = model.apply(
                 precision.cast_floating(params, dtype),
                 state.model_state,
@@ -242,7 +276,7 @@ def make_train_step(
 
         if whole_step is not None:  # forward gradients: no backward pass
             (value, (out, model_state)), grads, _ = forward_value_and_grad(
-                lambda p: objective(p, rule="autodiff"),
+                objective,
                 state.params,
                 jax.random.fold_in(step_key, 1),
                 whole_step,
@@ -252,9 +286,10 @@ def make_train_step(
             (value, (out, model_state)), grads, extra = _value_and_grad(
                 objective, state.params, layer_stats=layer_stats, alignment=alignment
             )
-        updates, opt_state = optimizer.update(grads, state.opt_state, state.params)
-        params = optax.apply_updates(state.params, updates)
+        params, feedback, opt_state = learned_feedback.update(optimizer, grads, state)
         ok = jnp.isfinite(value) & _all_finite(grads) & _all_finite(params)
+        if feedback is not None:  # the plain step's program stays as it was
+            ok = ok & _all_finite(feedback)
 
         def keep_if_ok(new, old):
             return jax.tree_util.tree_map(lambda a, b: jnp.where(ok, a, b), new, old)
@@ -265,7 +300,10 @@ def make_train_step(
             opt_state=keep_if_ok(opt_state, state.opt_state),
             step=state.step + 1,
             key=key,
+            feedback=keep_if_ok(feedback, state.feedback),
         )
+        if alignment:
+            extra.update(weight_metrics(model, state.params, bound))
         metrics = {
             "loss": value.astype(jnp.float32),
             "accuracy": accuracy(out, y).astype(jnp.float32),
