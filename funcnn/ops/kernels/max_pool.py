@@ -144,12 +144,16 @@ def _materialised(y, index):
     convolution input and, in NCHW, the transposes XLA makes for its weight
     gradient, which then read the pool's input in a cache-hostile order. A
     division by a value XLA cannot prove constant counts as expensive, and an
-    expensive producer is not copied: so each is divided by one, the sign bit of
-    the non-negative index plus 1, and written once.
+    expensive producer is not copied: so the index is divided by one (its sign
+    bit, always 0, plus 1), and the maximum by one made the same way from the
+    index so divided. Taking the maximum's one from the raw index instead let
+    XLA fold the index's scan into the maximum's loop, and a forward with
+    return_indices=True then ran three scans where it needs two.
     """
     bits = jnp.iinfo(index.dtype).bits
-    one = 1 + lax.shift_right_logical(index, jnp.asarray(bits - 1, index.dtype))
-    index = lax.div(index, one)
+    sign = jnp.asarray(bits - 1, index.dtype)
+    index = lax.div(index, 1 + lax.shift_right_logical(index, sign))
+    one = 1 + lax.shift_right_logical(index, sign)
     return y / one.astype(y.dtype), index
 
 
