@@ -7,6 +7,8 @@ batch and dtype. Padding is an int or a pair, the forms both frameworks accept.
 from __future__ import annotations
 
 OP_PARTS_FULL = ("fwd", "bwd", "fwdbwd")
+# Every pool shows its forward alone (inference) beside forward + backward.
+POOL_PARTS = ("fwd", "fwdbwd")
 DTYPE = "float32"  # both frameworks' arrays and parameters
 RESNET18_BATCH = 32
 
@@ -38,7 +40,7 @@ def pool(name, op, x, window, *, stride=None, padding=0, ceil_mode=False, parts=
         "x": list(x),
         "window": window,
         "kwargs": kwargs,
-        "parts": list(parts or ["fwdbwd"]),
+        "parts": list(parts or POOL_PARTS),
         "dtype": DTYPE,
     }
 

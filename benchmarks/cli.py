@@ -4,7 +4,8 @@ Sections: "ops" (per-op forward/backward times), "train" (whole train steps),
 "memory" (peak RSS per configuration, residual bytes per layer), "layout" (the
 VGG-style step and the overlapping max pool in NCHW and NHWC, with and without
 XLA:CPU's YNN convolution flag: `benchmarks.layout`) and "layer_stats" (the cost
-of `make_train_step(layer_stats=True)`: `benchmarks.layer_stats`). Results go to
+of `make_train_step(layer_stats=True)`: `benchmarks.layer_stats`) and "peers"
+(funcnn's train step against Flax and Equinox: `benchmarks.peers`). Results go to
 `--out-dir` as results.json, results.md and bench.png.
 """
 
@@ -19,7 +20,7 @@ import sys
 import time
 from pathlib import Path
 
-SECTIONS = ("ops", "train", "memory", "layout", "layer_stats")
+SECTIONS = ("ops", "train", "memory", "layout", "layer_stats", "peers")
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -195,6 +196,11 @@ def main(argv=None, script: str | None = None) -> dict:
             f"layer_stats {stats['layer_stats']['median_ms']:.2f} ms: ratio "
             f"{stats['ratio']:.3f} (target <= {layer_stats.TARGET_RATIO}).",
         ]
+    if "peers" in sections:
+        from benchmarks import peers
+
+        results["peers"] = peers.main(args.quick, train_repeats, log)
+        extra += ["", "## Peers", "", results["peers"]["markdown"]]
     results["meta"]["loadavg_end"] = round(os.getloadavg()[0], 2)
     results["targets"] = targets.targets(results)
     text = report.markdown(results) + "\n".join(extra) + ("\n" if extra else "")

@@ -86,7 +86,14 @@ def canonical_hlo(compiled) -> str:
 def _compile_stats(jitted, *args) -> tuple[float, float | None, str]:
     """(compile seconds, FLOPs of one call as XLA's cost analysis counts them,
     canonical HLO)."""
-    seconds, compiled = _compile(jitted, *args)
+    return compile_stats(lambda: jitted.lower(*args))
+
+
+def compile_stats(lower) -> tuple[float, float | None, str]:
+    """`_compile_stats` of what `lower()` returns (a `jax.stages.Lowered`)."""
+    start = time.perf_counter()
+    compiled = lower().compile()
+    seconds = time.perf_counter() - start
     hlo = canonical_hlo(compiled)
     try:
         cost = compiled.cost_analysis()

@@ -22,6 +22,7 @@ from __future__ import annotations
 import numpy as np
 
 from benchmarks.cases import HEADLINE_MAXPOOL
+from benchmarks.peers import FUNCNN_FOR, LABELS, PEERS
 from benchmarks.remote import backends_match
 
 LEVEL = 0.95  # coverage of the bootstrap interval
@@ -189,4 +190,29 @@ def targets(results: dict) -> list[dict]:
         elif row["value"] is None and "torch_error" in meta:
             row.update(reason=f"torch worker failed: {meta['torch_error']}")
         out.append(row)
+    return out + peer_targets(results.get("peers"))
+
+
+def peer_targets(peers: dict | None) -> list[dict]:
+    """funcnn custom / each JAX peer, per model, with funcnn in the peer's own
+    layout (so that the ratio compares the libraries, not the layouts)."""
+    if not peers:
+        return []
+    if not peers["available"]:
+        row = _row("train step funcnn custom / JAX peers", None, None, 1.0, "<=")
+        return [{**row, "reason": peers["reason"]}]
+    out = []
+    for model, entry in peers["cases"].items():
+        times = entry["times"]
+        for peer in PEERS:
+            ours = FUNCNN_FOR[peer]
+            out.append(
+                _row(
+                    f"{model} step {ours} / {LABELS[peer]}",
+                    times.get(ours),
+                    times.get(peer),
+                    1.0,
+                    "<=",
+                )
+            )
     return out

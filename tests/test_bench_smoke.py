@@ -28,22 +28,22 @@ def _finite(x) -> bool:
     return isinstance(x, (int, float)) and math.isfinite(x)
 
 
+def _run(cmd: list[str]) -> subprocess.CompletedProcess:
+    """Runs a command from the repository root; it must succeed."""
+    proc = subprocess.run(
+        cmd, capture_output=True, text=True, timeout=600, cwd=ROOT, check=False
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return proc
+
+
 @pytest.fixture(scope="module")
 def quick_run(tmp_path_factory):
     out = tmp_path_factory.mktemp("bench")
     # --torch-device cuda: on a machine without CUDA the worker falls back to the
     # CPU and says so (the forced-device path; "auto" is tested below).
     cmd = [sys.executable, str(SCRIPT), "--quick", "--out-dir", str(out)]
-    proc = subprocess.run(
-        [*cmd, "--torch-device", "cuda"],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        cwd=ROOT,
-        check=False,
-    )
-    assert proc.returncode == 0, proc.stderr[-3000:]
-    return out, proc.stdout
+    return out, _run([*cmd, "--torch-device", "cuda"]).stdout
 
 
 def test_writes_json_markdown_and_png(quick_run):
@@ -106,6 +106,57 @@ def test_layout_and_layer_stats_sections(quick_run):
     assert stats["ratio"] == pytest.approx(ratio)
     assert stats["metrics"]["layer_stats"] > stats["metrics"]["plain"]
     assert "## Layout" in stdout and "## Per-layer statistics" in stdout
+
+
+def test_peers_section(quick_run):
+    """With flax and equinox installed (the bench extra), every framework's step
+    ran, on models with the same parameter count as funcnn's, and each peer has
+    its verdict row. (Skipped where they are not installed: the `test` extra
+    leaves them out; the n/a path is the next test.)"""
+    pytest.importorskip("flax")
+    pytest.importorskip("equinox")
+    from benchmarks import peers
+
+    out, stdout = quick_run
+    results = json.loads((out / "results.json").read_text())
+    section = results["peers"]
+    assert section["available"], section.get("reason")
+    [(name, entry)] = section["cases"].items()
+    # LeNet-5 by hand: 6*25+6 + 16*6*25+16 + 400*120+120 + 120*84+84 + 84*10+10.
+    assert entry["params"] == dict.fromkeys(("funcnn", *peers.PEERS), 61706)
+    assert set(entry["times"]) == {
+        "funcnn custom NCHW", "funcnn custom NHWC", *peers.PEERS
+    }  # fmt: skip
+    for label, stats in entry["times"].items():
+        assert _finite(stats["median_ms"]) and _finite(entry["gflop"][label]), label
+    # The same architecture: XLA counts the same FLOPs within 10% in every step.
+    flops = list(entry["gflop"].values())
+    assert max(flops) <= 1.1 * min(flops), entry["gflop"]
+    rows = [r for r in results["targets"] if r["target"].startswith(f"{name} step")]
+    assert [r["target"].split(" / ")[1] for r in rows] == [
+        peers.LABELS[p] for p in peers.PEERS
+    ]
+    assert all(r["result"] in ("PASS", "FAIL", "inconclusive") for r in rows)
+    assert "## Peers" in stdout and "Flax NNX" in stdout
+
+
+def test_peers_section_without_flax_or_equinox(tmp_path):
+    """flax and equinox absent (their imports fail): the section says n/a, and
+    why, and the run still succeeds."""
+    runner = (
+        "import runpy, sys; "
+        "sys.modules.update(flax=None, equinox=None); "  # `import flax` now fails
+        f"sys.argv = [{str(SCRIPT)!r}, '--only', 'peers', '--quick', "
+        f"'--out-dir', {str(tmp_path)!r}]; "
+        f"runpy.run_path({str(SCRIPT)!r}, run_name='__main__')"
+    )
+    proc = _run([sys.executable, "-c", runner])
+    results = json.loads((tmp_path / "results.json").read_text())
+    assert results["peers"]["available"] is False
+    assert "funcnn[bench]" in results["peers"]["reason"]
+    [row] = results["targets"]
+    assert row["result"] == "n/a" and "funcnn[bench]" in row["reason"]
+    assert "## Peers" in proc.stdout and "n/a: " in proc.stdout
 
 
 def test_torch_side_when_available(quick_run, require_torch):

@@ -111,7 +111,9 @@ def test_batchnorm_and_dropout_in_training():
     report = funcnn.gradcheck(layer, _normal(0, 4, 3, 2, 2), train=True)
     assert report.ok, str(report)
     assert "params['00_batchnorm']['scale']" in [r.name for r in report.rows]
-    assert _same_path(report)  # neither has a custom rule
+    # BatchNorm carries its own hand-written rule (funcnn.ops.batch_norm):
+    # compared with autodiff, not the same program.
+    assert not _same_path(report) and all(r.ad_ok for r in report.rows)
 
 
 def test_model_with_loss_passes_and_names_leaves():

@@ -727,6 +727,84 @@ def test_dtypes(cfg, dtype, rtol, mode):
     assert_close(dx, dx_ref, rtol)
 
 
+# ------------------------------------------- fast (tiled) and general backward
+
+# Windows that tile the input (stride = window, no dilation or padding), where
+# the backward takes its fast path: square and not, with rows and columns left
+# over by floor rounding, in both layouts.
+TILED_CASES = [
+    ((2, 3, 8, 8), 2, "NCHW"),
+    ((2, 7, 9, 3), (2, 3), "NHWC"),
+    ((1, 2, 7, 6), 3, "NCHW"),
+]
+
+
+def np_tiled_max(x, window):
+    """Maxima, first-maximum flat indices `row * W + col` and the VJP under g, for
+    windows that tile x `(N, C, H, W)`, by reshaping in numpy."""
+    n, c, h, w = x.shape
+    kh, kw = window
+    oh, ow = h // kh, w // kw
+    blocks = x[:, :, : oh * kh, : ow * kw].reshape(n, c, oh, kh, ow, kw)
+    taps = blocks.transpose(0, 1, 2, 4, 3, 5).reshape(n, c, oh, ow, kh * kw)
+    first = taps.argmax(-1)  # numpy's argmax: the first maximum
+    rows = np.arange(oh)[:, None] * kh + first // kw
+    cols = np.arange(ow)[None, :] * kw + first % kw
+    return taps.max(-1), rows * w + cols
+
+
+@partial(fast_jit, static_argnums=(0, 1))
+def both_backward_paths(window, layout, x, g):
+    """Max pool's outputs and its input gradient under g, each way: the fast and
+    general kernels on one saved index, the op's custom rule and autodiff."""
+    cfg, _ = _windows.window_config("max_pool2d", x, window, None, 0, 1, False, layout)
+    assert pool.tiles(cfg)
+    y, index = pool.max_pool_argmax(x, cfg)
+
+    def f(x, grad):
+        return ops.max_pool2d(x, window, layout=layout, grad=grad)
+
+    dx = {
+        "fast": pool.tiled_input_grad(g, index, cfg),
+        "general": pool.placed_input_grad(g, index, cfg),
+        **{grad: jax.vjp(partial(f, grad=grad), x)[1](g)[0] for grad in GRADS},
+    }
+    with_indices = ops.max_pool2d(x, window, layout=layout, return_indices=True)
+    return y, with_indices, dx
+
+
+@pytest.mark.parametrize("shape, window, layout", TILED_CASES, ids=str)
+@pytest.mark.parametrize("integers", [False, True], ids=["distinct", "ties"])
+def test_tiled_and_general_backward_agree(shape, window, layout, integers):
+    """The fast path equals the general one, and both equal autodiff; values and
+    indices equal a numpy reference (ties: most windows hold repeated maxima)."""
+    rng = np.random.default_rng(len(shape) + integers)
+    x = rng.integers(-2, 3, shape) if integers else rng.standard_normal(shape)
+    x = jnp.asarray(x, jnp.float64)
+    out_shape = jax.eval_shape(partial(ops.max_pool2d, window=window, layout=layout), x)
+    g = jnp.asarray(rng.standard_normal(out_shape.shape))
+    y, (y_ops, indices), dx = both_backward_paths(window, layout, x, g)
+    for name in ("general", "custom", "autodiff"):
+        np.testing.assert_array_equal(dx["fast"], dx[name], err_msg=name)
+    to_nchw = (lambda a: a) if layout == "NCHW" else (lambda a: a.transpose(0, 3, 1, 2))
+    want_y, want_index = np_tiled_max(to_nchw(np.asarray(x)), as_pair(window))
+    np.testing.assert_array_equal(to_nchw(np.asarray(y)), want_y)
+    np.testing.assert_array_equal(to_nchw(np.asarray(y_ops)), want_y)
+    np.testing.assert_array_equal(to_nchw(np.asarray(indices)), want_index)
+
+
+def test_tiled_nan_takes_the_delta_on_both_paths():
+    """The last NaN in window order wins (as in PyTorch), on either path."""
+    x = jnp.array([[[[1.0, np.nan], [np.nan, 0.0]]]])
+    cfg, _ = _windows.window_config("max_pool2d", x, 2, None, 0, 1, False)
+    y, index = pool.max_pool_argmax(x, cfg)
+    assert np.isnan(y).all() and int(index[0, 0, 0, 0]) == 2
+    g = jnp.full((1, 1, 1, 1), 5.0)
+    want = [[0.0, 0.0], [5.0, 0.0]]
+    np.testing.assert_array_equal(pool.tiled_input_grad(g, index, cfg)[0, 0], want)
+    np.testing.assert_array_equal(pool.placed_input_grad(g, index, cfg)[0, 0], want)
+
+
 # ------------------------------------------------- what the custom rules save
 
 

@@ -8,8 +8,26 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from funcnn import ops
 from funcnn.nn.core import Layer, describe, leaf
 from funcnn.ops import _args
+from funcnn.rules.scope import Scoped, is_mapping, mapping_table, match
+
+
+def _backward(grad) -> str:
+    """The batch_norm backward a BatchNorm layer runs under `grad`: "autodiff"
+    where grad comes to "autodiff" at the layer's path, else "custom".
+
+    BatchNorm is not a ruled op: under a rule value it keeps its exact
+    (hand-written) backward, and a mapping with no key for its path means
+    "custom".
+    """
+    if is_mapping(grad):
+        if not isinstance(grad, Scoped):
+            grad = Scoped(mapping_table("grad", grad), ())
+        found = match(grad.table, grad.path_str)
+        grad = found[1] if found else "custom"
+    return "autodiff" if isinstance(grad, str) and grad == "autodiff" else "custom"
 
 
 class BatchNormState(NamedTuple):
@@ -38,7 +56,9 @@ def BatchNorm(
     returns the updated running statistics:
     `running = (1 - momentum) * running + momentum * batch` (PyTorch's convention;
     the running variance uses the unbiased batch variance). In evaluation it uses
-    the running statistics and leaves them unchanged.
+    the running statistics and leaves them unchanged. Training runs
+    `ops.batch_norm`, with its hand-written backward unless `grad` comes to
+    "autodiff" at this layer (rule values keep the exact backward).
 
     The statistics are computed in float32 whatever the input's dtype (bfloat16
     under mixed precision), and the output has the input's dtype.
@@ -67,7 +87,7 @@ def BatchNorm(
         state = BatchNormState(jnp.zeros((c,), stats), jnp.ones((c,), stats))
         return input_shape, params, state
 
-    def apply(params, state, x, *, train=False, **_):
+    def apply(params, state, x, *, train=False, grad="custom", **_):
         if not isinstance(state, BatchNormState):
             raise TypeError(
                 f"{label}.apply: expected state to be a BatchNormState(mean, var), "
@@ -82,21 +102,21 @@ def BatchNorm(
             axes, bshape = (0, 2, 3), (1, -1, 1, 1)
         # At least float32 for the statistics, float64 stays float64.
         x32 = x.astype(jnp.promote_types(x.dtype, jnp.float32))
-        if train:
-            mean = jnp.mean(x32, axis=axes)
-            var = jnp.mean(jnp.square(x32 - mean.reshape(bshape)), axis=axes)
-            count = math.prod(x.shape[a] for a in axes)
-            unbiased = var * (count / max(count - 1, 1))
-            state = BatchNormState(
-                (1 - momentum) * state.mean + momentum * mean,
-                (1 - momentum) * state.var + momentum * unbiased,
-            )
-        else:
-            mean, var = state.mean, state.var
         scale = params["scale"].astype(x32.dtype)
         bias = params["bias"].astype(x32.dtype)
-        inv = jax.lax.rsqrt(var + eps) * scale
-        y = (x32 - mean.reshape(bshape)) * inv.reshape(bshape) + bias.reshape(bshape)
+        if not train:
+            inv = jax.lax.rsqrt(state.var + eps) * scale
+            y = (x32 - state.mean.reshape(bshape)) * inv.reshape(bshape)
+            return (y + bias.reshape(bshape)).astype(x.dtype), state
+        y, mean, var = ops.batch_norm(
+            x32, scale, bias, eps=eps, layout=layout, grad=_backward(grad)
+        )
+        count = math.prod(x.shape[a] for a in axes)
+        unbiased = var * (count / max(count - 1, 1))
+        state = BatchNormState(
+            (1 - momentum) * state.mean + momentum * mean,
+            (1 - momentum) * state.var + momentum * unbiased,
+        )
         return y.astype(x.dtype), state
 
     return leaf(label, "batchnorm", init, apply, param_keys=("scale", "bias"))

@@ -1,9 +1,9 @@
 """Operations with hand-written backward rules: conv2d, conv_transpose2d, dense,
-max_pool2d, avg_pool2d, the adaptive pools and max_unpool2d; and upsample2d
-(autodiff). Each also runs a backward rule value from `funcnn.rules`. Forward-mode
-autodiff (jax.jvp, jacfwd, linearize) runs through the hand-written rules too:
-each is declared with `custom_vjp` (`funcnn.ops._vjp`), jax.custom_vjp plus a
-forward mode that differentiates the plain forward.
+max_pool2d, avg_pool2d, the adaptive pools, max_unpool2d and batch_norm; and
+upsample2d (autodiff). Each but batch_norm also runs a backward rule value from
+`funcnn.rules`. Forward-mode autodiff (jax.jvp, jacfwd, linearize) runs through
+the hand-written rules too: each is declared with `custom_vjp` (`funcnn.ops._vjp`),
+jax.custom_vjp plus a forward mode that differentiates the plain forward.
 
 Inside, imports go one way (import-linter checks it in CI): `_args`, `_vjp`,
 `_windows`, `init` (checks, the custom-VJP mechanism, window geometry,
@@ -27,6 +27,7 @@ from funcnn.ops.kernels.conv import conv2d_weight_grad as conv2d_weight_grad
 from funcnn.ops.kernels.dense import dense_input_grad as dense_input_grad
 from funcnn.ops.kernels.dense import dense_reference as dense_reference
 from funcnn.ops.kernels.dense import dense_weight_grad as dense_weight_grad
+from funcnn.ops.norm import batch_norm as batch_norm
 from funcnn.ops.pool import max_pool2d as max_pool2d
 from funcnn.ops.unpool import max_unpool2d as max_unpool2d
 from funcnn.ops.upsample import upsample2d as upsample2d
@@ -49,4 +50,5 @@ __all__ = [
     "adaptive_max_pool2d",
     "max_unpool2d",
     "upsample2d",
+    "batch_norm",
 ]

@@ -72,37 +72,52 @@ def _reduce_max(x, cfg: WindowConfig):
 def max_pool_argmax(x, cfg: WindowConfig):
     """Max and winning tap index (first maximum, row-major), both `(N, C, OH, OW)`.
 
-    The maxima come from reduce_window; the index is then the first tap equal to
-    its window's maximum. Where a window holds a NaN its maximum is NaN and the last
-    NaN wins, as in PyTorch (NaNs propagate forward and their delta goes to the
-    NaN).
+    One pass over the window's taps: a later tap takes over only when strictly
+    greater, so ties keep the first maximum. A NaN always takes over, so a window
+    holding NaNs has a NaN maximum whose index is its last NaN, as in PyTorch (NaNs
+    propagate forward and their delta goes to the NaN). A tap in the -inf padding
+    never takes over from one on the input, even from a -inf input.
     """
-    dilated = cfg.dilation != (1, 1)
-    y = _reduce_max(lax.stop_gradient(x) if dilated else x, cfg)
+    y, index = _scan_taps(x, cfg, with_index=True)
+    return _materialised(y, index)
+
+
+def _scan_taps(x, cfg: WindowConfig, with_index: bool):
+    """`(max, index or None)`, both `(N, C, OH, OW)`: see `max_pool_argmax`.
+
+    Built from strided slices, compares and selects, which XLA fuses into one loop
+    over the output: on XLA:CPU that is several times faster than reduce_window,
+    which it compiles to a loop over each window (0.33 against 1.28 ms for a 2x2/2
+    pool of 64x32x32x32; 1.5 against 2.5 ms for 3x3/2). Selects also keep the
+    maximum differentiable for any dilation (second order differentiates this).
+    """
     xp = pad_input(x, cfg, -jnp.inf)
-    taps = [tap_slice(xp, cfg, kh, kw) for kh, kw in cfg.taps]
     dtype = _index_dtype(cfg)
-    index = jnp.zeros(y.shape, dtype)
-    for k in reversed(range(len(taps))):  # the earliest equal tap is written last
-        hit = taps[k] == y
+    y = index = None
+    seen = None  # static: whether an earlier tap of each window was on the input
+    for k, (kh, kw) in enumerate(cfg.taps):
+        tap = tap_slice(xp, cfg, kh, kw)
         on_input = _tap_on_input(cfg, k)
-        if on_input is not None:  # -inf padding never wins over a -inf input
-            hit = hit & on_input
-        index = jnp.where(hit, jnp.asarray(k, dtype), index)
-    for k, tap in enumerate(taps):  # only windows that hold a NaN change here
-        index = jnp.where(tap != tap, jnp.asarray(k, dtype), index)
-    index = _materialised(index)
-    if dilated:
-        # JAX cannot differentiate a dilated reduce_window max, and second order
-        # differentiates this forward: take the winners' values instead.
-        for k, tap in enumerate(taps):
-            y = tap if k == 0 else jnp.where(index == k, tap, y)
+        if y is None:
+            y, seen = tap, on_input
+            index = jnp.zeros(tap.shape, dtype) if with_index else None
+            continue
+        wins = (tap > y) | (tap != tap)
+        if seen is not None:  # the first tap on the input replaces the padding
+            wins = wins | ~seen
+        if on_input is not None:
+            wins = wins & on_input
+        if seen is not None:
+            seen = None if on_input is None else seen | on_input
+        y = jnp.where(wins, tap, y)
+        if index is not None:
+            index = jnp.where(wins, jnp.asarray(k, dtype), index)
     return y, index
 
 
 def _tap_on_input(cfg: WindowConfig, k: int):
-    """Static mask, broadcastable to `(N, C, OH, OW)`: whether tap k of each window
-    lies on the input; None when no tap of any window touches the padding."""
+    """Static numpy mask, broadcastable to `(N, C, OH, OW)`: whether tap k of each
+    window lies on the input; None when tap k of every window does."""
     if cfg.pads == ((0, 0), (0, 0)):
         return None
     rows = window_rows(cfg, 0)[:, k // cfg.window[1]]
@@ -115,29 +130,36 @@ def _tap_on_input(cfg: WindowConfig, k: int):
     h_axis, w_axis = _args.spatial_axes(cfg.layout)
     shape = [1, 1, 1, 1]
     shape[h_axis], shape[w_axis] = inside.shape
-    return jnp.asarray(inside.reshape(shape))
+    return inside.reshape(shape)
 
 
-def _materialised(index):
-    """`index`, unchanged, in a form XLA computes once.
+def _materialised(y, index):
+    """`(y, index)`, unchanged, in a form XLA computes once each.
 
-    When forward and backward compile together (one jit of a train step), XLA:CPU
-    fuses the index's computation, a scan over every tap of the window, into each
-    of the KH*KW masks of the backward, so each input position redoes the scan
-    for every tap that reaches it: a 3x3/2 pool's fwd+bwd ran over twice as long
-    as the two apart. XLA's fusion keeps an integer division by a value it cannot
-    prove constant out of its consumers (it counts as expensive), so the index is
-    written once and read by the masks. The divisor is always 1: the sign bit of
-    a non-negative index.
+    Both are cheap selects over the window's taps, and XLA:CPU's fusion copies
+    cheap producers into each of their consumers. In one jit of a train step the
+    index then reruns the scan inside each of the KH*KW masks of the backward (a
+    3x3/2 pool's fwd+bwd ran over twice as long as the two apart), and the
+    maximum inside every consumer of the pool's output: the next layer's
+    convolution input and, in NCHW, the transposes XLA makes for its weight
+    gradient, which then read the pool's input in a cache-hostile order. A
+    division by a value XLA cannot prove constant counts as expensive, and an
+    expensive producer is not copied: so the index is divided by one (its sign
+    bit, always 0, plus 1), and the maximum by one made the same way from the
+    index so divided. Taking the maximum's one from the raw index instead let
+    XLA fold the index's scan into the maximum's loop, and a forward with
+    return_indices=True then ran three scans where it needs two.
     """
     bits = jnp.iinfo(index.dtype).bits
-    one = 1 + lax.shift_right_logical(index, jnp.asarray(bits - 1, index.dtype))
-    return lax.div(index, one)
+    sign = jnp.asarray(bits - 1, index.dtype)
+    index = lax.div(index, 1 + lax.shift_right_logical(index, sign))
+    one = 1 + lax.shift_right_logical(index, sign)
+    return y / one.astype(y.dtype), index
 
 
 @partial(custom_vjp, nondiff_argnums=(1,))
 def max_pool_custom(x, cfg):
-    return _reduce_max(x, cfg)
+    return _scan_taps(x, cfg, with_index=False)[0]
 
 
 def _max_pool_fwd(x, cfg):
@@ -153,13 +175,67 @@ def _max_pool_bwd(cfg, index, g):
 
 def max_pool_input_grad(g, index, cfg: WindowConfig):
     """dX `(N, C, H, W)`: each delta of g `(N, C, OH, OW)` sent to its window's
-    winner, the tap `index` `(N, C, OH, OW)` names."""
+    winner, the tap `index` `(N, C, OH, OW)` names (or all NHWC).
+
+    Where the windows tile the input (`tiles`) this takes the fast path,
+    `tiled_input_grad`; everywhere else the general one, `placed_input_grad`.
+    """
+    if tiles(cfg):
+        return tiled_input_grad(g, index, cfg)
+    return placed_input_grad(g, index, cfg)
+
+
+def tiles(cfg: WindowConfig) -> bool:
+    """Whether the windows tile the input: stride = window, no dilation and no
+    padding (nor the extra row or column ceil_mode can add), so that every input
+    position lies in at most one window."""
+    return (
+        cfg.stride == cfg.window
+        and cfg.dilation == (1, 1)
+        and cfg.pads == ((0, 0), (0, 0))
+    )
+
+
+def placed_input_grad(g, index, cfg: WindowConfig):
+    """`max_pool_input_grad` for any window: per tap, the deltas its windows'
+    winners take, put back where the tap read from (`place_taps`)."""
     zero = jnp.zeros((), g.dtype)
     parts = (
         ((kh, kw), jnp.where(index == k, g, zero))
         for k, (kh, kw) in enumerate(cfg.taps)
     )
     return place_taps(parts, cfg)
+
+
+def tiled_input_grad(g, index, cfg: WindowConfig):
+    """`max_pool_input_grad` where the windows tile the input (`tiles`): each
+    window's delta broadcast over its KH x KW block, kept at the winning tap, and
+    the blocks reshaped into place, in one elementwise pass. (The general path
+    stacks KH*KW masked copies instead; this one ran 10-25% faster fwd+bwd on
+    128x32x32x32, 2x2/2, on a shared 2-core CPU.)"""
+    (oh, ow), (kh, kw) = cfg.out_hw, cfg.window
+    h_axis, w_axis = _args.spatial_axes(cfg.layout)
+    # Blocks: NCHW (N, C, OH, KH, OW, KW); NHWC (N, OH, KH, OW, KW, C).
+    kh_axis, kw_axis = h_axis + 1, w_axis + 2
+    blocks = list(g.shape)
+    blocks.insert(w_axis + 1, kw)
+    blocks.insert(h_axis + 1, kh)
+    row = lax.broadcasted_iota(index.dtype, blocks, kh_axis)
+    tap = row * jnp.asarray(kw, index.dtype) + lax.broadcasted_iota(
+        index.dtype, blocks, kw_axis
+    )
+    wins = jnp.expand_dims(index, (kh_axis, kw_axis)) == tap
+    delta = jnp.expand_dims(g, (kh_axis, kw_axis))
+    dx = jnp.where(wins, delta, jnp.zeros((), g.dtype))
+    full = list(g.shape)
+    full[h_axis], full[w_axis] = oh * kh, ow * kw
+    # Rows and columns past the last whole window (floor rounding) get no delta.
+    rest = [(0, cfg.in_hw[0] - oh * kh, 0), (0, cfg.in_hw[1] - ow * kw, 0)]
+    return lax.pad(
+        dx.reshape(full),
+        jnp.zeros((), g.dtype),
+        _args.spatial_config(cfg.layout, rest, (0, 0, 0)),
+    )
 
 
 max_pool_custom.defvjp(_max_pool_fwd, _max_pool_bwd)
