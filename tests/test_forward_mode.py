@@ -83,6 +83,12 @@ def _nhwc(a):
 
 _IDX = ops.max_pool2d(_x(), 2, return_indices=True)[1]
 
+
+def _bn_all(out):
+    y, mean, var = out
+    return y + (mean * var)[None, :, None, None]
+
+
 # (id, op(grad, *args), args); small, so that each Hessian stays under 100^2.
 OP_CASES = [
     (
@@ -148,6 +154,16 @@ OP_CASES = [
         "adaptive_max_pool2d 5->(3,2)",
         lambda g, x: ops.adaptive_max_pool2d(x, (3, 2), grad=g),
         (_x(),),
+    ),
+    (
+        "batch_norm (y, mean, var)",  # all three outputs reach the scalar
+        lambda g, x, s, b: _bn_all(ops.batch_norm(x, s, b, grad=g)),
+        (_x((3, 2, 3, 3)), rand(1, (2,)), rand(2, (2,))),
+    ),
+    (
+        "batch_norm NHWC",
+        lambda g, x, s, b: ops.batch_norm(x, s, b, layout="NHWC", grad=g)[0],
+        (_nhwc(_x((3, 2, 3, 3))), rand(1, (2,)), rand(2, (2,))),
     ),
     (
         "max_unpool2d",
