@@ -299,7 +299,8 @@ X = jnp.zeros((2, 3, 5, 5))
          "expected layout to be one of ('NCHW', 'NHWC'), got 'CHWN'. Use \"NCHW\""),
         (dict(output_size=2, grad="fa"), ValueError,
          "expected grad to be one of ('custom', 'autodiff', 'feedback_alignment', "
-         "'sign_symmetry'), a name given to funcnn.rules.register or a "
+         "'sign_symmetry', 'usf', 'brsf', 'frsf', 'direct_feedback_alignment', "
+         "'kolen_pollack'), a name given to funcnn.rules.register or a "
          "funcnn.rules.Rule value, got 'fa'."),
     ],
 )  # fmt: skip

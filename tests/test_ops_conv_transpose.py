@@ -348,7 +348,8 @@ ERRORS = [
      "conv_transpose2d: expected groups (=3) to divide C_in (=4)."),
     (dict(grad="manual"), ValueError,
      "conv_transpose2d: expected grad to be one of ('custom', 'autodiff', "
-     "'feedback_alignment', 'sign_symmetry')"),
+     "'feedback_alignment', 'sign_symmetry', 'usf', 'brsf', 'frsf', "
+     "'direct_feedback_alignment', 'kolen_pollack')"),
 ]  # fmt: skip
 
 

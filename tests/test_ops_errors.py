@@ -44,7 +44,8 @@ RANK_HINT = "Add batch and channel axes: x[None, None]."
 EMPTY_FIX = "got an empty output. Use a smaller window or dilation, or more padding."
 GRAD_MSG = (
     "expected grad to be one of ('custom', 'autodiff', 'feedback_alignment', "
-    "'sign_symmetry'), a name given to funcnn.rules.register or a "
+    "'sign_symmetry', 'usf', 'brsf', 'frsf', 'direct_feedback_alignment', "
+    "'kolen_pollack'), a name given to funcnn.rules.register or a "
     "funcnn.rules.Rule value, got 'manual'. "
     'Use grad="custom" for the hand-written backward rule or grad="autodiff" for '
     "jax.grad of the plain forward."
@@ -219,8 +220,9 @@ CASES = [
     ("max-grad", maxp(grad="manual"), (X,), ValueError, f"max_pool2d: {GRAD_MSG}"),
     ("avg-grad", avgp(grad=None), (X,), ValueError,
      "avg_pool2d: expected grad to be one of ('custom', 'autodiff', "
-     "'feedback_alignment', 'sign_symmetry'), a name given to funcnn.rules.register "
-     "or a funcnn.rules.Rule value, got None."),
+     "'feedback_alignment', 'sign_symmetry', 'usf', 'brsf', 'frsf', "
+     "'direct_feedback_alignment', 'kolen_pollack'), a name given to "
+     "funcnn.rules.register or a funcnn.rules.Rule value, got None."),
 ]  # fmt: skip
 
 

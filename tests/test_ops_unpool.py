@@ -430,7 +430,8 @@ UNPOOL_ERRORS = [
      "max_unpool2d: expected padding as an int, a pair (ph, pw) or a pair of pairs"),
     (dict(indices=I32, grad="fa"), ValueError,
      "max_unpool2d: expected grad to be one of ('custom', 'autodiff', "
-     "'feedback_alignment', 'sign_symmetry'), a name given to "
+     "'feedback_alignment', 'sign_symmetry', 'usf', 'brsf', 'frsf', "
+     "'direct_feedback_alignment', 'kolen_pollack'), a name given to "
      "funcnn.rules.register or a funcnn.rules.Rule value, got 'fa'."),
 ]  # fmt: skip
 
