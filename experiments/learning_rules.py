@@ -17,17 +17,14 @@ epoch, the chosen rate, and per layer the final angles of the rule's gradient
 and delta to the exact ones, and W-B angles where the rule logs them),
 accuracy.png and alignment.png. Each run has its own directory
 (<dataset>/<select|final>/<rule>/...); running the same command again skips the
-finished runs and resumes a stopped one. See the `lab` package.
+finished runs and resumes a stopped one. See the `lab` package (experiments/lab).
 """
 
 from __future__ import annotations
 
 import sys
-from pathlib import Path
 
-sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-
-from lab.cli import main  # noqa: E402
+from lab.cli import main  # experiments/lab, beside this script (on sys.path)
 
 if __name__ == "__main__":
     sys.exit(main())

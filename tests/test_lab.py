@@ -1,6 +1,7 @@
 """Tests of the learning-rules lab (experiments/learning_rules.py, the `lab`
-package): its optimizer against make_optimizer, the selection, and a --quick
-sweep run as a subprocess, read back independently from its run directories."""
+package in experiments/lab): its optimizer against make_optimizer, the selection,
+and a --quick sweep run as a subprocess, read back independently from its run
+directories."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from funcnn import rules
 from funcnn.training import learning_rate, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the lab package sits beside funcnn
+sys.path.insert(0, str(ROOT / "experiments"))  # the lab: experiments/lab
 
 from lab import runs  # noqa: E402
 from lab.optimizer import cosine_optimizer  # noqa: E402
