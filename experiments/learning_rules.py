@@ -15,8 +15,8 @@ best by validation accuracy, and trains the chosen one with every seed on the
 whole training set, evaluating the test set after each epoch. The entry
 "forward_gradient_5x" trains forward gradients again for 5 times the epochs,
 at the rate chosen for "forward_gradient" (any "<rule>_<k>x" works alike).
-Kolen-Pollack trains with its own weight decay (`lab.tasks.RULE_WEIGHT_DECAY`:
-its B aligns with W through the decay alone). It writes, into
+On mnist5k, Kolen-Pollack trains with its own weight decay (its B aligns with W
+through the decay alone; `lab.tasks.RULE_WEIGHT_DECAY`). It writes, into
 --out-dir: results.md and results.json (test error mean ± std, seconds per
 epoch, the chosen rate, and per layer the final angles of the rule's gradient
 and delta to the exact ones, and W-B angles where the rule logs them),

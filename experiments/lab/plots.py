@@ -81,7 +81,9 @@ def plot_accuracy(summary: dict, path: Path) -> None:
             ax.set_xscale("log")
             ax.set_xlim(0.8, longest * 1.2)
             ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= longest]
-            ax.set_xticks(ticks + ([longest] if longest not in ticks else []))
+            if longest > 1.5 * ticks[-1]:  # the last epoch, unless crowded
+                ticks.append(longest)
+            ax.set_xticks(ticks)
             ax.xaxis.set_major_formatter(ScalarFormatter())
             ax.xaxis.set_minor_formatter(NullFormatter())
             ax.set_xlabel("epoch, log scale")

@@ -140,9 +140,11 @@ EXTRA_CANDIDATES: dict[str, tuple[tuple[str, float], ...]] = {
 # W-B angle over the layers after training and the validation accuracy were: wd
 # 1e-3: 78°, 97.5%; 1e-2: 72°, 97.5%; 3e-2: 48°, 96.5%; 5e-2: 19.5°, 96.0%; 1e-1:
 # 0.8°, 94.9% (backprop, wd 1e-4: 97.25%). 5e-2 is the smallest of these that
-# aligns every layer (issue 18's target: under 20°).
+# aligns every layer (issue 18's target: under 20°). On digits, whose LeNet is
+# narrower and whose loss is label-smoothed, 5e-2 cost too much: validation
+# accuracy 89.2% at best (SGD momentum 0.003) against 99.3% for backprop, so
+# there Kolen-Pollack keeps the task's decay (and the issue sets no angle target).
 RULE_WEIGHT_DECAY: dict[str, dict[str, float]] = {
-    "digits": {"kolen_pollack": 5e-2},
     "mnist5k": {"kolen_pollack": 5e-2},
 }
 SHIFT_PIXELS = 0.5  # the main job's --augment shift
