@@ -1,6 +1,7 @@
 """Tests of the learning-rules lab (experiments/learning_rules.py, the `lab`
-package): its optimizer against make_optimizer, the selection, and a --quick
-sweep run as a subprocess, read back independently from its run directories."""
+package in experiments/lab): its optimizer against make_optimizer, the selection,
+and a --quick sweep run as a subprocess, read back independently from its run
+directories."""
 
 from __future__ import annotations
 
@@ -21,7 +22,7 @@ from funcnn import rules
 from funcnn.training import learning_rate, make_optimizer
 
 ROOT = Path(__file__).resolve().parents[1]
-sys.path.insert(0, str(ROOT))  # the lab package sits beside funcnn
+sys.path.insert(0, str(ROOT / "experiments"))  # the lab: experiments/lab
 
 from lab import runs  # noqa: E402
 from lab.optimizer import cosine_optimizer  # noqa: E402
@@ -69,7 +70,27 @@ def test_each_seed_draws_its_own_feedback_and_names_pass_through():
     fa = runs.rule_value("feedback_alignment", 2)
     assert isinstance(fa, rules.FeedbackAlignment) and fa.seed == 2
     assert runs.rule_value("sign_symmetry", 2) == "sign_symmetry"
-    assert set(runs.research_rules()) <= set(rules.names()) - {"custom", "autodiff"}
+    assert runs.rule_value("usf", 2) == "usf"
+    for name in ("brsf", "frsf", "direct_feedback_alignment", "kolen_pollack"):
+        assert runs.rule_value(name, 2).seed == 2
+    assert set(runs.research_rules()) == set(rules.names()) - {
+        "custom",
+        "autodiff",
+    } | set(rules.step_names())
+    assert runs.default_entries()[-1] == "forward_gradient_5x"
+
+
+def test_entries_name_a_rule_and_how_many_times_the_epochs():
+    assert runs.parse_entry("forward_gradient_5x") == ("forward_gradient", 5)
+    assert runs.parse_entry("backprop_2x") == ("backprop", 2)
+    assert runs.parse_entry("usf") == ("usf", 1)
+    assert runs.parse_entry("no_such_rule_5x") == ("no_such_rule_5x", 1)
+    assert runs.whole_step("forward_gradient_5x") and not runs.whole_step("usf")
+    # Each run's state is made with its rule, so that Kolen-Pollack's holds the
+    # B of the run's seed; a whole-step rule needs nothing there.
+    kp = runs.state_grad(runs.rule_value("kolen_pollack", 2))
+    assert isinstance(kp, rules.KolenPollack) and kp.seed == 2
+    assert runs.state_grad(runs.rule_value("forward_gradient_5x", 0)) is None
 
 
 def test_choose_ranks_completed_runs_first_then_accuracy_then_order():
@@ -138,7 +159,12 @@ def test_quick_sweep_writes_the_results_and_the_pictures(quick):
                 val[lr] = line["test_accuracy"]
             assert chosen["lr"] == max(val, key=lambda lr: (val[lr], lr))
         measured = data["rules"]["feedback_alignment"]["final_angles"]
-        assert {k.split("/")[0] for k in measured} >= {"align_grad", "align_delta"}
+        assert {k.split("/")[0] for k in measured} == {
+            "align_grad", "align_delta", "align_weight", "norm_ratio",
+        }  # fmt: skip
+        # Per layer: every conv and dense layer of the task's model.
+        layers = {k.split("/")[1] for k in measured}
+        assert len(layers) == 5 and all("conv" in n or "dense" in n for n in layers)
         assert not data["rules"]["backprop"]["final_angles"]
         timed = {rule: r["step_time"] for rule, r in data["rules"].items()}
         assert timed["backprop"]["ratio"] == 1.0 and timed["backprop"]["rounds"] == 2
@@ -203,6 +229,22 @@ def test_candidates_replace_the_optimizers_times_the_rates():
     plan.pairs = None
     assert plan.candidates(TASKS["digits"]) == [("momentum", lr) for lr in
                                                 (0.01, 0.003, 0.001)]  # fmt: skip
+    # A rule's extra candidates join the task's, not given pairs.
+    assert plan.candidates(TASKS["digits"], "forward_gradient_5x")[-1] == ("adam", 3e-3)
+    plan.pairs = args.candidates
+    assert plan.candidates(TASKS["digits"], "forward_gradient") == args.candidates
+
+
+def test_kolen_pollack_trains_with_its_own_weight_decay_on_mnist5k():
+    from lab.sweep import for_rule
+    from lab.tasks import TASKS
+
+    task = TASKS["mnist5k"]
+    assert for_rule(task, "kolen_pollack").weight_decay == 5e-2
+    assert for_rule(task, "kolen_pollack_2x").weight_decay == 5e-2
+    assert for_rule(task, "feedback_alignment") == task
+    for name in ("digits", "cifar10"):
+        assert for_rule(TASKS[name], "kolen_pollack") == TASKS[name]
 
 
 def test_unreadable_data_is_a_one_line_error(tmp_path, capsys):
@@ -244,6 +286,7 @@ def test_a_rule_whose_every_run_diverged_is_reported_not_fatal(tmp_path):
         angle = {"align_grad/00_conv": None}  # a dead layer's angle is undefined
         return {
             "seed": seed, "optimizer": "momentum", "lr": 0.01, "status": status,
+            "epochs": 1, "batch_size": 32,
             "eval_accuracy": acc, "seconds_per_epoch": seconds, "final_angles": angle,
             "curve": [{"epoch": 1, "eval_accuracy": acc, **angle}],
         }  # fmt: skip
@@ -258,7 +301,8 @@ def test_a_rule_whose_every_run_diverged_is_reported_not_fatal(tmp_path):
     summary = report.summarise(results, TASKS, {"digits": (1437, 360)})
     text = report.markdown(summary)
     row = (
-        "| `sign_symmetry` | momentum 0.01 | 90.00 ± 0.00 | 90.00 (diverged: seeds [0])"
+        "| `sign_symmetry` | momentum 0.01 | 44 | 90.00 ± 0.00 | 90.00 (diverged: "
+        "seeds [0])"
     )
     assert row + " | – | – |" in text  # no time, no ratio to backprop
     assert "**10.00 (diverged)**" in text
@@ -273,3 +317,34 @@ def test_a_sweep_directory_refuses_other_data(quick):
     assert proc.returncode == 2
     assert "expected a run with this sweep's settings and data" in proc.stderr
     assert "train_data" in proc.stderr
+
+
+def test_forward_gradients_run_once_and_again_k_times_as_long(tmp_path):
+    out = tmp_path / "fg"
+    proc = lab(
+        "--quick", "--dataset", "digits", "--rules", "backprop", "forward_gradient",
+        "forward_gradient_2x", "--seeds", "0", "--lrs", "0.01", "--timing", "1", "2",
+        "--out-dir", out, "--no-progress",
+    )  # fmt: skip
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads((out / "results.json").read_text())["datasets"]["digits"]
+    fg, longer = data["rules"]["forward_gradient"], data["rules"]["forward_gradient_2x"]
+    # Selected like every rule, with Adam 3e-3 as its extra candidate.
+    tried = {(v["optimizer"], v["lr"]) for v in fg["validation"]}
+    assert tried == {("momentum", 0.01), ("adam", 0.003)}
+    # The 2x entry reuses that choice: no selection runs of its own.
+    assert (
+        longer["chosen"] == fg["chosen"] and longer["selected_as"] == "forward_gradient"
+    )
+    assert not (out / "digits" / "select" / "forward_gradient_2x").exists()
+    # Twice the steps of backprop's final run, from the runs' own logs.
+    steps = {
+        rule: last_epoch(out / "digits" / "final" / rule / "seed0")["step"]
+        for rule in ("backprop", "forward_gradient", "forward_gradient_2x")
+    }
+    assert steps["forward_gradient"] == steps["backprop"] > 0
+    assert steps["forward_gradient_2x"] == 2 * steps["backprop"] == longer["steps"]
+    assert longer["step_time"] == fg["step_time"]  # the same compiled step
+    assert not fg["final_angles"] and not longer["final_angles"]
+    text = (out / "results.md").read_text()
+    assert "| `forward_gradient` | n/a: no backward pass to compare |" in text

@@ -63,8 +63,10 @@ def build_parser() -> argparse.ArgumentParser:
     add(
         "--rules",
         nargs="+",
-        help="rule names (default: backprop and every "
-        f"registered research rule: {' '.join(runs.research_rules())})",
+        help="entries: rule names, or <rule>_<k>x for a rule trained k times the "
+        "epochs at the rate chosen for the rule (default: backprop, every "
+        f"registered research rule and {runs.LONGER}x for the whole-step ones: "
+        f"{' '.join(runs.default_entries()[1:])})",
     )
     add(
         "--seeds",
@@ -131,10 +133,12 @@ def parse_args(argv=None) -> argparse.Namespace:
         parser.set_defaults(**QUICK)
     args = parser.parse_args(argv)
     known = ["backprop", *runs.research_rules()]
-    args.rules = args.rules or known
-    unknown = [r for r in args.rules if r not in known]
+    args.rules = args.rules or runs.default_entries()
+    unknown = [r for r in args.rules if runs.parse_entry(r)[0] not in known]
     if unknown:
-        parser.error(f"--rules: expected names among {known}, got {unknown}")
+        parser.error(
+            f"--rules: expected names among {known} (or <name>_<k>x), got {unknown}"
+        )
     if "cifar10" in args.dataset and not args.data_dir:
         parser.error("--dataset cifar10 needs --data-dir, the CIFAR-10 batches")
     return args

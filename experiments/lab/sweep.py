@@ -21,7 +21,7 @@ import numpy as np
 from funcnn.data import num_batches
 from funcnn.training.run import SignalStop
 from lab import runs
-from lab.tasks import Data, Task
+from lab.tasks import EXTRA_CANDIDATES, RULE_WEIGHT_DECAY, Data, Task
 from lab.timing import ROUNDS, STEPS, time_steps
 
 
@@ -52,10 +52,16 @@ class Plan:
     timing: tuple[int, int] = (ROUNDS, STEPS)
     pairs: list[tuple[str, float]] | None = None
 
-    def candidates(self, task: Task) -> list[tuple[str, float]]:
+    def candidates(self, task: Task, rule: str = "") -> list[tuple[str, float]]:
+        """The (optimizer, rate) pairs the selection of entry `rule` compares:
+        `pairs` when given, else `optimizers` x the task's rates and the rule's
+        `EXTRA_CANDIDATES`."""
         if self.pairs:
             return list(self.pairs)
-        return [(o, lr) for o in self.optimizers for lr in task.lrs]
+        extra = EXTRA_CANDIDATES.get(runs.parse_entry(rule)[0], ())
+        return [(o, lr) for o in self.optimizers for lr in task.lrs] + [
+            c for c in extra if c[0] not in self.optimizers or c[1] not in task.lrs
+        ]
 
 
 def choose(records: list[dict]) -> tuple[str, float]:
@@ -116,8 +122,28 @@ class Bar:
             self.bar.close()
 
 
-def _steps(task: Task, data: Data) -> int:
-    return task.epochs * num_batches(len(data.x_train), task.batch_size)
+def _steps(task: Task, data: Data, rule: str = "") -> int:
+    """The steps of one run of entry `rule` on `data` (a final run when `rule`
+    is given: "<rule>_<k>x" trains k times the epochs)."""
+    factor = runs.parse_entry(rule)[1]
+    return factor * task.epochs * num_batches(len(data.x_train), task.batch_size)
+
+
+def for_rule(task: Task, rule: str) -> Task:
+    """`task` with the weight decay of `rule`'s runs (`RULE_WEIGHT_DECAY`)."""
+    decay = RULE_WEIGHT_DECAY.get(task.dataset, {}).get(runs.parse_entry(rule)[0])
+    if decay is None:
+        return task
+    return dataclasses.replace(task, weight_decay=decay)
+
+
+def longer(task: Task, rule: str) -> Task:
+    """The task of entry `rule`'s final runs: "<rule>_<k>x" trains k times the
+    epochs (the cosine schedule spans them all)."""
+    factor = runs.parse_entry(rule)[1]
+    if factor == 1:
+        return task
+    return dataclasses.replace(task, epochs=factor * task.epochs)
 
 
 def run_sweep(
@@ -139,11 +165,12 @@ def run_sweep(
     total = 0
     for task in plan.tasks:
         final, selection = prepared[task.dataset]
-        n_select = len(plan.candidates(task)) * len(plan.select_seeds)
-        per_rule = _steps(task, final) * len(plan.seeds)
-        if len(plan.candidates(task)) > 1:
-            per_rule += _steps(task, selection) * n_select
-        total += per_rule * len(plan.rules)
+        for rule in plan.rules:
+            candidates = plan.candidates(task, rule)
+            total += _steps(task, final, rule) * len(plan.seeds)
+            if len(candidates) > 1:
+                n_select = len(candidates) * len(plan.select_seeds)
+                total += _steps(task, selection) * n_select
     bar = Bar(total, progress)
     results: dict = {t.dataset: {} for t in plan.tasks}
     try:
@@ -151,7 +178,12 @@ def run_sweep(
             for task in plan.tasks:
                 final, selection = prepared[task.dataset]
                 done = results[task.dataset]
-                caches = {rule: runs.StepCache() for rule in plan.rules}
+                # "forward_gradient_5x" shares the compiled steps of its rule.
+                caches: dict[str, runs.StepCache] = {}
+                for rule in plan.rules:
+                    caches[rule] = caches.setdefault(
+                        runs.parse_entry(rule)[0], runs.StepCache()
+                    )
                 for rule in plan.rules:
                     out = _rule(plan, task, rule, final, selection, bar, stop,
                                 caches[rule])  # fmt: skip
@@ -180,14 +212,20 @@ def _step_times(plan, task, data, done, caches) -> dict[str, dict]:
             plan.timing
         ):
             return stored["rules"]
-    steps = {}
+    steps, same = {}, {}
     for rule, entry in done.items():
+        base = runs.parse_entry(rule)[0]
+        if base != rule and base in done and done[base]["chosen"] == entry["chosen"]:
+            same[rule] = base  # the same compiled step: its time is the base's
+            continue
         optimizer, lr = entry["chosen"]
-        spec = runs.RunSpec(task, rule, plan.seeds[0], optimizer, lr, "final")
+        spec = runs.RunSpec(for_rule(task, rule), rule, plan.seeds[0], optimizer, lr,
+                            "final")  # fmt: skip
         steps[rule] = caches[rule].get(spec, data)
     batch = (data.x_train[: task.batch_size], data.y_train[: task.batch_size])
     rounds, per_round = plan.timing
     timed = time_steps(steps, batch, rounds=rounds, per_round=per_round)
+    timed = {rule: timed[same.get(rule, rule)] for rule in done}
     stored = {"timing": list(plan.timing), "rules": timed}
     path.write_text(json.dumps(stored, indent=1) + "\n")
     return timed
@@ -228,11 +266,17 @@ def _all(specs, data, plan, cache, bar, stop) -> list[dict] | None:
 
 
 def _rule(plan, task, rule, final, selection, bar, stop, cache) -> dict | None:
-    candidates = plan.candidates(task)
+    """The selection and final runs of entry `rule`. "<rule>_<k>x" is chosen
+    by the selection runs of its rule (at 1x, read back when the rule ran
+    first: a selection at k times the epochs would cost k times as much) and
+    trains its final runs k times as long."""
+    base = runs.parse_entry(rule)[0]
+    task = for_rule(task, rule)
+    candidates = plan.candidates(task, rule)
     selected: list[dict] | None = []
     if len(candidates) > 1:
         specs = [
-            runs.RunSpec(task, rule, seed, optimizer, lr, "select")
+            runs.RunSpec(task, base, seed, optimizer, lr, "select")
             for optimizer, lr in candidates
             for seed in plan.select_seeds
         ]
@@ -242,8 +286,11 @@ def _rule(plan, task, rule, final, selection, bar, stop, cache) -> dict | None:
         optimizer, lr = choose(selected)
     else:
         optimizer, lr = candidates[0]
-    specs = [runs.RunSpec(task, rule, s, optimizer, lr, "final") for s in plan.seeds]
+    run_task = longer(task, rule)
+    specs = [runs.RunSpec(run_task, rule, s, optimizer, lr, "final")
+             for s in plan.seeds]  # fmt: skip
     done = _all(specs, final, plan, cache, bar, stop)
     if done is None:
         return None
-    return {"selection": selected, "chosen": [optimizer, lr], "final": done}
+    return {"selection": selected, "chosen": [optimizer, lr], "final": done,
+            "selected_as": base}  # fmt: skip

@@ -2,7 +2,8 @@
 
 - accuracy.png: one panel per data set, the test error (%) after each epoch on a
   log axis, one line per rule (mean over seeds, band from the best to the worst
-  seed);
+  seed); the epochs on a log axis too when an entry trains longer than the task
+  ("forward_gradient_5x");
 - alignment.png: a row per measured rule and, per data set, a column per
   measure (gradient angle, delta angle and, where logged, the W-B angle), one
   line per layer (mean over seeds); point e is measured after e epochs (on the
@@ -14,7 +15,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import numpy as np
-from matplotlib.ticker import MaxNLocator
+from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from lab.report import KINDS
 
@@ -55,7 +56,8 @@ def _over_seeds(a: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def plot_accuracy(summary: dict, path: Path) -> None:
     """Writes accuracy.png: test error per epoch, per data set and rule."""
     datasets = summary["datasets"]
-    fig = _figure(6.5 * len(datasets), 5.2)
+    width = 6.5 * len(datasets)
+    fig = _figure(width, 5.2)
     colors = _colors()
     handles: dict = {}
     for col, (name, data) in enumerate(datasets.items()):
@@ -71,16 +73,33 @@ def plot_accuracy(summary: dict, path: Path) -> None:
             handles.setdefault(rule, line)
             ax.fill_between(epochs, low, high, color=color, alpha=0.15, lw=0)
         ax.set_yscale("log")
-        ax.set_xlim(0.5, data["task"]["epochs"] + 0.5)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
+        longest = max([data["task"]["epochs"]] + [r.get("epochs") or 0 for r in
+                                                  data["rules"].values()])  # fmt: skip
+        if longest > data["task"]["epochs"]:
+            # A rule trained k times longer ("forward_gradient_5x"): a log axis
+            # keeps the task's epochs readable beside its longer run.
+            ax.set_xscale("log")
+            ax.set_xlim(0.8, longest * 1.2)
+            ticks = [t for t in (1, 2, 5, 10, 20, 50, 100, 200, 500) if t <= longest]
+            if longest > 1.5 * ticks[-1]:  # the last epoch, unless crowded
+                ticks.append(longest)
+            ax.set_xticks(ticks)
+            ax.xaxis.set_major_formatter(ScalarFormatter())
+            ax.xaxis.set_minor_formatter(NullFormatter())
+            ax.set_xlabel("epoch, log scale")
+        else:
+            ax.set_xlim(0.5, longest + 0.5)
+            ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+            ax.set_xlabel("epoch")
         ax.set_ylabel("test error (%), log scale")
         ax.set_title(f"{name}, {data['task']['model']}: mean over seeds, band = range")
         ax.grid(alpha=0.3, which="both")
     # One legend for every panel, below them: the rules are the same.
+    # As many columns as fit the figure's width (long rule names need ~2.6 in).
+    ncol = max(1, min(len(handles), int(width // 2.6)))
     fig.legend(list(handles.values()), list(handles), loc="lower center",
-               ncol=min(4, len(handles)), fontsize=9, frameon=False)  # fmt: skip
-    rows = -(-len(handles) // 4)
+               ncol=ncol, fontsize=9, frameon=False)  # fmt: skip
+    rows = -(-len(handles) // ncol)
     fig.tight_layout(rect=(0, 0.045 * rows + 0.02, 1, 1))
     fig.savefig(path, dpi=90)
 

@@ -20,14 +20,15 @@ import sys
 import jax
 import numpy as np
 
-from lab.runs import jsonable
+from funcnn.data import num_batches
+from lab.runs import jsonable, whole_step
 from lab.tasks import BIOTORCH, TARGETS
 
 KINDS = {  # metric prefix -> the row label in results.md
     "align_grad/": "gradient angle",
     "align_delta/": "delta angle",
     "align_weight/": "W-B angle",
-    "norm_ratio/": "|B|/|W|",
+    "norm_ratio/": "‖B‖ / ‖W‖",
 }
 
 
@@ -72,8 +73,9 @@ def _cost(records: list[dict]) -> dict:
     }
 
 
-def _summary(entry: dict) -> dict:
+def _summary(rule: str, entry: dict, train_images: int) -> dict:
     final = entry["final"]
+    epochs, batch = final[0]["epochs"], final[0]["batch_size"]
     candidates: dict[tuple, list[dict]] = {}
     for r in entry["selection"]:
         candidates.setdefault((r["optimizer"], r["lr"]), []).append(r)
@@ -98,6 +100,12 @@ def _summary(entry: dict) -> dict:
                 values.append(r["final_angles"].get(k))
     return {
         "chosen": {"optimizer": entry["chosen"][0], "lr": entry["chosen"][1]},
+        # The rule whose selection runs chose it ("forward_gradient" for
+        # "forward_gradient_5x"); they ran `epochs / factor` epochs.
+        "selected_as": entry.get("selected_as"),
+        "epochs": epochs,
+        "steps": epochs * num_batches(train_images, batch),
+        "whole_step": whole_step(rule),  # no backward pass: no angles
         "validation": validation,
         "test_error": _stats([_error(r) for r in final]),
         "seeds": [r["seed"] for r in final],
@@ -132,7 +140,10 @@ def summarise(results: dict, tasks: dict, sizes: dict) -> dict:
             "test_images": sizes[dataset][1],
             "biotorch": BIOTORCH.get(dataset),
             "targets": TARGETS.get(dataset),
-            "rules": {rule: _summary(entry) for rule, entry in by_rule.items()},
+            "rules": {
+                rule: _summary(rule, entry, sizes[dataset][0])
+                for rule, entry in by_rule.items()
+            },
         }
     return out
 
@@ -152,7 +163,7 @@ def _main_table(name: str, data: dict) -> list[str]:
     rules = data["rules"]
     seeds = max(len(r["seeds"]) for r in rules.values())
     head = [
-        "rule", "optimizer, peak rate (chosen on validation)",
+        "rule", "optimizer, peak rate (chosen on validation)", "steps",
         f"test error %, mean ± std ({seeds} seeds)", "per seed", "s / epoch",
         "step ms, median [min, max]", "× backprop",
     ]  # fmt: skip
@@ -161,7 +172,7 @@ def _main_table(name: str, data: dict) -> list[str]:
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     timed = [r["step_time"] for r in rules.values() if r.get("step_time")]
     if timed:
-        head[5] += f" of {timed[0]['rounds']} rounds of {timed[0]['per_round']} steps"
+        head[6] += f" of {timed[0]['rounds']} rounds of {timed[0]['per_round']} steps"
         lines[0] = "| " + " | ".join(head) + " |"
     for rule, r in rules.items():
         err = r["test_error"]
@@ -173,9 +184,13 @@ def _main_table(name: str, data: dict) -> list[str]:
         if step:
             timed = (f"{step['median_ms']:.2f} [{step['min_ms']:.2f}, "
                      f"{step['max_ms']:.2f}]")  # fmt: skip
+        chosen = f"{r['chosen']['optimizer']} {r['chosen']['lr']:g}"
+        if r.get("selected_as") not in (None, rule):
+            chosen += f" (`{r['selected_as']}`'s)"
         row = [
             f"`{rule}`",
-            f"{r['chosen']['optimizer']} {r['chosen']['lr']:g}",
+            chosen,
+            f"{r['steps']:,}",
             f"{_fmt(err['mean'])} ± {_fmt(err['std'])}",
             per_seed,
             _fmt(r["seconds_per_epoch"]),
@@ -200,6 +215,8 @@ def _selection_table(data: dict) -> list[str]:
     head = ["rule"] + [f"{o} {lr:g}" for o, lr in cands]
     lines = ["| " + " | ".join(head) + " |", "|" + " --- |" * len(head)]
     for rule, r in rules.items():
+        if r.get("selected_as") not in (None, rule):
+            continue  # its rule's row holds the same runs
         got = {(v["optimizer"], v["lr"]): v for v in r["validation"]}
         chosen = (r["chosen"]["optimizer"], r["chosen"]["lr"])
         cells = []
@@ -221,13 +238,17 @@ def _angle_table(data: dict) -> list[str]:
             layer = k.split("/", 1)[1]
             if layer not in layers:
                 layers.append(layer)
-    if not layers:
+    if not layers and not any(r.get("whole_step") for r in rules.values()):
         return []
     lines = [
-        "| rule | measure | " + " | ".join(layers) + " |",
+        "| rule | measure |" + "".join(f" {layer} |" for layer in layers),
         "|" + " --- |" * (len(layers) + 2),
     ]
     for rule, r in rules.items():
+        if rule != "backprop" and not r["final_angles"]:
+            why = "n/a: no backward pass to compare" if r.get("whole_step") else "–"
+            lines.append(f"| `{rule}` | {why} |" + " |" * len(layers))
+            continue
         first = True
         for prefix, label in KINDS.items():
             values = [r["final_angles"].get(prefix + layer) for layer in layers]
@@ -314,6 +335,15 @@ def markdown(summary: dict) -> str:
                 "Those runs train on the whole training set for far longer, so "
                 "they are a reference, not a like-for-like comparison.",
             ]
+        longer = [
+            f"`{rule}`: `{r['selected_as']}` trained for {r['epochs']} epochs "
+            f"({r['steps']:,} steps), with the optimizer and rate chosen for "
+            f"`{r['selected_as']}` on validation runs of {t['epochs']} epochs."
+            for rule, r in data["rules"].items()
+            if r.get("selected_as") not in (None, rule)
+        ]
+        if longer:
+            out += ["", *longer]
         targets = _target_lines(data)
         if targets:
             out += ["", "Targets (issue 18):", "", *targets]

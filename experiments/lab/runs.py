@@ -8,15 +8,19 @@ kept in `StepCache` and reused by every later run of the same rule value,
 optimizer and task: the rate and the schedule length are values in the
 optimizer state (`lab.optimizer`), so the selection runs of all candidate rates
 and the final run of the same seed share one compile.
+
+A sweep's entries are rule names ("backprop", a registered rule, a whole-step
+rule such as "forward_gradient"), or "<rule>_<k>x": the rule trained k times the
+task's epochs (`parse_entry`).
 """
 
 from __future__ import annotations
 
 import dataclasses
 import functools
-import inspect
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from pathlib import Path
@@ -46,32 +50,70 @@ ANGLE_PREFIXES = ("align_", "norm_ratio/")  # per-layer metrics of alignment=Tru
 MEASURE_SECONDS = "measure_seconds"  # logged: time spent measuring angles
 
 
+LONGER = 5  # the forward gradient's second entry trains this many times the steps
+
+
 def research_rules() -> list[str]:
-    """Every rule funcnn registers besides its exact ones, in registry order."""
-    return [n for n in rules.names() if n not in ("custom", "autodiff")]
+    """Every rule funcnn registers besides its exact ones, in registry order: the
+    per-op rules, then the whole-step rules (forward gradients)."""
+    per_op = [n for n in rules.names() if n not in ("custom", "autodiff")]
+    return [*per_op, *rules.step_names()]
+
+
+def default_entries() -> list[str]:
+    """What a sweep runs by default: backprop, every research rule, and each
+    whole-step rule again at `LONGER` times the steps ("forward_gradient_5x")."""
+    longer = [f"{n}_{LONGER}x" for n in rules.step_names()]
+    return [BACKPROP, *research_rules(), *longer]
+
+
+def parse_entry(name: str) -> tuple[str, int]:
+    """`(rule, factor)` of a sweep entry: "<rule>_<k>x" trains `rule` for k times
+    the task's epochs, with the optimizer and rate chosen for `rule`; any other
+    name is the rule itself, factor 1."""
+    match = re.fullmatch(r"(.+)_([1-9][0-9]*)x", name)
+    if match and match[1] in (BACKPROP, *research_rules()):
+        return match[1], int(match[2])
+    return name, 1
+
+
+def whole_step(name: str) -> bool:
+    """Whether entry `name` runs a whole-step rule (no backward pass, no angles)."""
+    return parse_entry(name)[0] in rules.step_names()
 
 
 def seeded(name: str) -> bool:
-    """Whether the registered rule `name` has a `seed` field (random feedback)."""
-    rule = rules.registered().get(name)
+    """Whether the registered rule of entry `name` has a `seed` field (random
+    feedback)."""
+    rule = rules.registered().get(parse_entry(name)[0])
     return dataclasses.is_dataclass(rule) and any(
         f.name == "seed" for f in dataclasses.fields(rule)
     )
 
 
 def rule_value(name: str, seed: int) -> Any:
-    """The `grad=` value of rule `name` in a run of seed `seed`.
+    """The `grad=` value of entry `name` in a run of seed `seed`.
 
     "backprop" is "custom". A registered rule with a `seed` field (feedback
     alignment and the other rules with random feedback) gets the run's seed, so
     that each seed draws its own feedback weights, as it draws its own initial
-    weights; any other rule is passed by name, exactly as a user writes it.
+    weights; any other rule (sign symmetry, uSF, forward gradients) is passed by
+    name, exactly as a user writes it.
     """
-    if name == BACKPROP:
+    rule = parse_entry(name)[0]
+    if rule == BACKPROP:
         return "custom"
-    if seeded(name):
-        return dataclasses.replace(rules.registered()[name], seed=seed)
-    return name
+    if seeded(rule):
+        return dataclasses.replace(rules.registered()[rule], seed=seed)
+    return rule
+
+
+def state_grad(grad: Any) -> Any:
+    """The `grad=` of `create_train_state` for a run of `grad`: the rule itself,
+    so that Kolen-Pollack's state holds each layer's B (drawn for the run's
+    seed); None for a whole-step rule, which the state needs nothing for (and
+    `create_train_state` refuses)."""
+    return None if rules.step_rule(grad) is not None else grad
 
 
 @dataclasses.dataclass(frozen=True)
@@ -115,17 +157,11 @@ class Steps:
     model: Any
     train: Callable  # train_step(state, batch) -> (state, metrics), donating
     # measure(state, batch) -> the angle metrics of make_train_step(alignment=
-    # True) on that batch, without an update; None for backprop.
+    # True) on that batch, without an update; None for backprop and for a
+    # whole-step rule.
     measure: Callable | None
     evaluate: Callable
     fresh: Callable[[], Any]  # a throwaway train state at step 0 (for timing)
-
-
-def _state_options(grad: Any) -> dict:
-    # A rule whose feedback lives in the train state (Kolen-Pollack) needs the
-    # rule when the state is made; pass it where create_train_state takes it.
-    params = inspect.signature(create_train_state).parameters
-    return {"grad": grad} if "grad" in params else {}
 
 
 class StepCache:
@@ -138,9 +174,10 @@ class StepCache:
     def get(self, spec: RunSpec, data: Data) -> Steps:
         task = spec.task
         grad = rule_value(spec.rule, spec.seed)
+        rule = parse_entry(spec.rule)[0]  # "forward_gradient_5x" runs its rule's
         key = (
-            task.dataset, task.model, spec.rule, spec.seed if seeded(spec.rule)
-            else None, spec.optimizer, data.x_train.shape[1:],
+            task.dataset, task.model, rule, spec.seed if seeded(rule) else None,
+            spec.optimizer, task.weight_decay, data.x_train.shape[1:],
         )  # fmt: skip
         if key not in self.entries:
             self.entries[key] = _build(spec, data, grad)
@@ -186,7 +223,8 @@ def _build(spec: RunSpec, data: Data, grad: Any) -> Steps:
         compiler_options=compile_options(False),
     )
     measure = None
-    if spec.rule != BACKPROP:
+    # Backprop's angles are 0; a whole-step rule runs no backward to compare.
+    if parse_entry(spec.rule)[0] != BACKPROP and not whole_step(spec.rule):
         aligned = make_train_step(model, optimizer, alignment=True, **options)
 
         def angles(state, batch):
@@ -199,7 +237,7 @@ def _build(spec: RunSpec, data: Data, grad: Any) -> Steps:
     batch = (data.x_train[: task.batch_size], data.y_train[: task.batch_size])
 
     def fresh():
-        return create_train_state(model, shape, optimizer, **_state_options(grad))
+        return create_train_state(model, shape, optimizer, grad=state_grad(grad))
 
     if measure is not None:
         jax.block_until_ready(measure(fresh(), batch))
@@ -284,7 +322,7 @@ def train(
     grad = rule_value(spec.rule, spec.seed)
     state = create_train_state(
         steps.model, (-1, *data.x_train.shape[1:]), optimizer, seed=spec.seed,
-        **_state_options(grad),
+        grad=state_grad(grad),
     )  # fmt: skip
 
     def augmented(epoch: int):
