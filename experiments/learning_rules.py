@@ -10,11 +10,13 @@ column) and each rule ("backprop", every research rule in `funcnn.rules.names()`
 and the whole-step rules of `funcnn.rules.step_names()`, forward gradients), the
 sweep trains the candidate optimizers and peak rates (SGD with momentum 0.9 at
 0.01, 0.003 and 0.001 by default, cosine schedule; forward gradients also Adam
-at 3e-3) on a stratified validation split of the training set, chooses the
-best by validation accuracy, and trains the chosen one with every seed on the
-whole training set, evaluating the test set after each epoch. The entry
-"forward_gradient_5x" trains forward gradients again for 5 times the epochs,
-at the rate chosen for "forward_gradient" (any "<rule>_<k>x" works alike).
+at 3e-3, and sign symmetry too) on a stratified validation split of the
+training set, chooses the best by validation accuracy, and trains the chosen one
+with every seed on the whole training set, evaluating the test set after each
+epoch. The entry "forward_gradient_5x" trains forward gradients again for 5
+times the epochs, at the rate chosen for "forward_gradient" (any "<rule>_<k>x"
+works alike); backprop, feedback alignment and DFA run again at 3x, since random
+feedback aligns slowly in the convs.
 On mnist5k, Kolen-Pollack trains with its own weight decay (its B aligns with W
 through the decay alone; `lab.tasks.RULE_WEIGHT_DECAY`). It writes, into
 --out-dir: results.md and results.json (test error mean ± std, seconds per

@@ -12,7 +12,7 @@
   initialisation in 16-block plain nets and the same nets with shortcuts (the
   nets of the "See the backward pass" tutorial; 4 blocks with --quick).
 - bench.png: the benchmark's own chart (`benchmarks.report.chart`) of a
-  results.json: by default the medians of the 2026-11-28 run stored next to this
+  results.json: by default the medians of the 2026-12-03 run stored next to this
   script; pass `--bench-results bench_out/results.json` after a new run.
 
 The figures are committed; tests/test_docs.py runs this script with --quick.
@@ -52,7 +52,7 @@ FIGURES = (
     "vanishing",
     "bench",
 )
-BENCH_RESULTS = HERE / "bench_2026-11-28.json"
+BENCH_RESULTS = HERE / "bench_2026-12-03.json"
 DELTA_CMAP = "RdBu_r"
 
 

@@ -65,7 +65,8 @@ def build_parser() -> argparse.ArgumentParser:
         nargs="+",
         help="entries: rule names, or <rule>_<k>x for a rule trained k times the "
         "epochs at the rate chosen for the rule (default: backprop, every "
-        f"registered research rule and {runs.LONGER}x for the whole-step ones: "
+        f"registered research rule, {runs.LONGER_SLOW}x for backprop and the "
+        f"slowly aligning rules, {runs.LONGER}x for the whole-step ones: "
         f"{' '.join(runs.default_entries()[1:])})",
     )
     add(

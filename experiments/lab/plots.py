@@ -3,7 +3,7 @@
 - accuracy.png: one panel per data set, the test error (%) after each epoch on a
   log axis, one line per rule (mean over seeds, band from the best to the worst
   seed); the epochs on a log axis too when an entry trains longer than the task
-  ("forward_gradient_5x");
+  ("forward_gradient_5x", dashed in its rule's color);
 - alignment.png: a row per measured rule and, per data set, a column per
   measure (gradient angle, delta angle and, where logged, the W-B angle), one
   line per layer (mean over seeds); point e is measured after e epochs (on the
@@ -18,6 +18,7 @@ import numpy as np
 from matplotlib.ticker import MaxNLocator, NullFormatter, ScalarFormatter
 
 from lab.report import KINDS
+from lab.runs import parse_entry
 
 STYLES = ("-", "--", "-.", ":")
 
@@ -62,11 +63,17 @@ def plot_accuracy(summary: dict, path: Path) -> None:
     handles: dict = {}
     for col, (name, data) in enumerate(datasets.items()):
         ax = fig.add_subplot(1, len(datasets), col + 1)
-        for i, (rule, r) in enumerate(data["rules"].items()):
+        bases: list[str] = []  # "<rule>_<k>x" takes its rule's color, dashed
+        for rule, r in data["rules"].items():
+            base, factor = parse_entry(rule)
+            if base not in bases:
+                bases.append(base)
+            i = bases.index(base)
             acc = _array(r["curves"].get("eval_accuracy", [[]]))
             err = 100.0 * (1.0 - acc)
             epochs = np.arange(1, err.shape[1] + 1)
-            color, style = colors[i % len(colors)], STYLES[i // len(colors)]
+            color = colors[i % len(colors)]
+            style = "--" if factor > 1 else STYLES[(i // len(colors)) % len(STYLES)]
             mean, low, high = _over_seeds(err)
             (line,) = ax.plot(epochs, mean, style, color=color, marker="o",
                               markersize=2.5)  # fmt: skip

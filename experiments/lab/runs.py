@@ -51,6 +51,12 @@ MEASURE_SECONDS = "measure_seconds"  # logged: time spent measuring angles
 
 
 LONGER = 5  # the forward gradient's second entry trains this many times the steps
+# Random feedback aligns slowly in the convs: on the mnist5k validation split
+# (seed 0), 3x the epochs took feedback alignment from 91.1% to 93.6% and DFA
+# from 93.4% to 95.6%, backprop from 97.25% to 97.6%. Those two rules, and
+# backprop as their reference, run again at this factor by default.
+SLOW = ("feedback_alignment", "direct_feedback_alignment")
+LONGER_SLOW = 3
 
 
 def research_rules() -> list[str]:
@@ -61,10 +67,14 @@ def research_rules() -> list[str]:
 
 
 def default_entries() -> list[str]:
-    """What a sweep runs by default: backprop, every research rule, and each
-    whole-step rule again at `LONGER` times the steps ("forward_gradient_5x")."""
+    """What a sweep runs by default: backprop, every research rule, then
+    backprop and the slowly aligning rules (`SLOW`) again at `LONGER_SLOW` times
+    the steps ("feedback_alignment_3x"), and each whole-step rule at `LONGER`
+    times ("forward_gradient_5x")."""
+    slow = [f"{n}_{LONGER_SLOW}x" for n in (BACKPROP, *SLOW) if n in
+            (BACKPROP, *research_rules())]  # fmt: skip
     longer = [f"{n}_{LONGER}x" for n in rules.step_names()]
-    return [BACKPROP, *research_rules(), *longer]
+    return [BACKPROP, *research_rules(), *slow, *longer]
 
 
 def parse_entry(name: str) -> tuple[str, int]:

@@ -129,8 +129,13 @@ TASKS = {
 # script was written. Adam divides each update by a running RMS of the
 # estimates, whose noise (its variance grows with the number of parameters) is
 # far larger than backprop's gradient; SGD's rates must shrink with it instead.
+# Sign symmetry, kept as the paper has it (B = sign(W), entries of 1 where W's
+# are about 0.1): under SGD its deltas grow by about 1/|W| per layer and every
+# rate of the task diverges; Adam's per-parameter normalization takes that
+# scale out, so it gets the same extra candidate (uSF is the scaled fix).
 EXTRA_CANDIDATES: dict[str, tuple[tuple[str, float], ...]] = {
     "forward_gradient": (("adam", 3e-3),),
+    "sign_symmetry": (("adam", 3e-3),),
 }
 # Per task, the weight decay of a rule's runs where it is not the task's.
 # Kolen-Pollack aligns B with W through weight decay alone: the gradient terms of

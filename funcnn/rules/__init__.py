@@ -66,3 +66,21 @@ from funcnn.rules.scope import check_patterns as check_patterns
 from funcnn.rules.scope import path_of as path_of
 from funcnn.rules.scope import pick as pick
 from funcnn.rules.scope import scope as scope
+
+# Names that left this package when its imports were made one-way: each now sits
+# above `funcnn.rules`, in the package that uses it, so a re-export here would
+# import upwards. Asking for one says where it went.
+_MOVED = {
+    "alignment": "funcnn.inspect.alignment (also funcnn.alignment)",
+    "LayerAlignment": "funcnn.inspect.LayerAlignment (also funcnn.LayerAlignment)",
+    "alignment_metrics": "funcnn.training.layer_metrics.alignment_metrics",
+}
+
+
+def __getattr__(name: str):
+    if name in _MOVED:
+        raise AttributeError(
+            f"funcnn.rules.{name} moved to {_MOVED[name]}: funcnn.rules imports "
+            "nothing above it (docs/guides/architecture.md)."
+        )
+    raise AttributeError(f"module 'funcnn.rules' has no attribute {name!r}")

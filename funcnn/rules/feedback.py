@@ -206,8 +206,13 @@ class FeedbackAlignment(Drawn):
     (the loss reaches 1e11 in 100 steps): before W aligns with B, the hidden
     dense layers' activations grow along B's directions, the last layer's
     exact gradient steps grow with them, and its updates diverge. The smaller B
-    slows that growth enough to train at lr 0.003-0.01; the conv layers learn
-    well under feedback alignment either way.
+    slows that growth enough to train at lr 0.003-0.01. On the mnist5k
+    validation split (seed 0, 12 epochs, best of SGD momentum 0.01 and 0.03 and
+    Adam 1e-3) gains of 0.5, 1 and 2 and He-normal B reached 91.1%, 89.6%, 91.8%
+    and 84.8% (backprop 97.25%); what holds feedback alignment back there is
+    time, not B's scale: its conv layers' updates stay about 90 degrees from
+    the true gradient in a short run (the lab's angle table, docs: Change the
+    backward pass).
 
     Against BioTorch ("fa"): BioTorch re-initialises W and B with Xavier
     uniform at full scale; here W keeps the model's initializer, and B follows
@@ -284,7 +289,8 @@ def feedback_alignment(
         `(F_out, F_in)` for dense; None draws one per layer (see
         `FeedbackAlignment`).
       seed: seeds the drawn B.
-      init, gain: B's initializer and a factor on it (see `FeedbackAlignment`).
+      init: B's initializer (see `FeedbackAlignment`).
+      gain: a factor on the drawn B.
       clip: clamp each layer's input delta to `[-clip, clip]`, or None.
     """
     return FeedbackAlignment(feedback, seed, init=init, gain=gain, clip=clip)

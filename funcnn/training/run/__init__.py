@@ -26,3 +26,15 @@ from funcnn.training.run.rundir import new_run_dir as new_run_dir
 from funcnn.training.run.rundir import read_config as read_config
 from funcnn.training.run.stopping import SignalStop as SignalStop
 from funcnn.training.run.summary import FitSummary as FitSummary
+
+
+def __getattr__(name: str):
+    # run_plots left with the pictures when imports were made one-way; asking
+    # for it here says where it went.
+    if name == "run_plots":
+        raise AttributeError(
+            "funcnn.training.run.run_plots moved to funcnn.inspect.plots.run_plots: "
+            "the run loop takes it as fit(plot=...), and training imports nothing "
+            "of funcnn.inspect (docs/guides/architecture.md)."
+        )
+    raise AttributeError(f"module 'funcnn.training.run' has no attribute {name!r}")
