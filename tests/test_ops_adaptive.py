@@ -157,8 +157,8 @@ def _sweep(op, examples):
     return test
 
 
-test_avg_sweep = _sweep("avg", 100)
-test_max_sweep = _sweep("max", 100)
+test_avg_sweep = _sweep("avg", 40)
+test_max_sweep = _sweep("max", 40)
 test_avg_sweep_slow = pytest.mark.slow(_sweep("avg", 600))
 test_max_sweep_slow = pytest.mark.slow(_sweep("max", 600))
 

@@ -219,7 +219,7 @@ def _sweep(examples):
     return test
 
 
-test_sweep = _sweep(100)
+test_sweep = _sweep(40)
 test_sweep_slow = pytest.mark.slow(_sweep(800))
 
 

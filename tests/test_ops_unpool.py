@@ -168,7 +168,7 @@ def compare_pool(run_torch, records):
         assert_close(dx, theirs[f"dx{i}"], 1e-12)
 
 
-test_pool_indices_sweep = _sweep_test(configs(), check_pool, compare_pool, 100)
+test_pool_indices_sweep = _sweep_test(configs(), check_pool, compare_pool, 40)
 test_pool_indices_sweep_slow = pytest.mark.slow(
     _sweep_test(configs(), check_pool, compare_pool, 600)
 )
@@ -270,7 +270,7 @@ def compare_unpool(run_torch, records):
 # Unpooling sizes its output from window, stride and padding, which a dilated
 # pool's input need not fit; PyTorch's unpool knows no dilation either.
 test_unpool_sweep = _sweep_test(
-    configs(dilated=False), check_unpool, compare_unpool, 100
+    configs(dilated=False), check_unpool, compare_unpool, 40
 )
 test_unpool_sweep_slow = pytest.mark.slow(
     _sweep_test(configs(dilated=False), check_unpool, compare_unpool, 600)
