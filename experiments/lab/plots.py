@@ -154,7 +154,10 @@ def plot_alignment(summary: dict, path: Path) -> bool:
             ax.axhline(90, color="k", lw=0.7, ls="--")
             ax.set_ylim(0, 180)
             ax.set_yticks([0, 45, 90, 135, 180])
-            ax.set_xlim(-0.3, summary["datasets"][name]["task"]["epochs"] + 0.3)
+            # "<rule>_<k>x" measured k times the task's epochs
+            epochs = summary["datasets"][name]["task"]["epochs"]
+            epochs = max(epochs, (r or {}).get("epochs") or 0)
+            ax.set_xlim(-0.3, epochs + 0.3)
             ax.xaxis.set_major_locator(MaxNLocator(integer=True))
             ax.grid(alpha=0.3)
             if row == len(rules) - 1:
