@@ -37,17 +37,8 @@ def measure(batch_size: int, repeats: int, grad: str = "custom") -> dict:
         states[name], metrics = steps[name](states[name], batch)  # compile
         counts[name] = len(metrics)
 
-    def runner(name):
-        def run():
-            states[name], metrics = steps[name](states[name], batch)
-            return metrics
-
-        return run
-
-    times = timing.interleaved(
-        {name: runner(name) for name in steps},
-        repeats=repeats,
-        sync=jax.block_until_ready,
+    times = timing.interleaved_steps(
+        steps, states, batch, repeats=repeats, sync=jax.block_until_ready
     )
     ratio = times["layer_stats"]["median_ms"] / times["plain"]["median_ms"]
     return {**times, "ratio": ratio, "metrics": counts}

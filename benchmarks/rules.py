@@ -47,17 +47,8 @@ def measure(batch_size: int, repeats: int, names=RULES) -> dict:
         states[name] = create_train_state(model, (-1, 1, 28, 28), optimizer, grad=name)
         states[name], _ = steps[name](states[name], (x, y))  # compile
 
-    def runner(name):
-        def run():
-            states[name], metrics = steps[name](states[name], (x, y))
-            return metrics
-
-        return run
-
-    times = timing.interleaved(
-        {name: runner(name) for name in names},
-        repeats=repeats,
-        sync=jax.block_until_ready,
+    times = timing.interleaved_steps(
+        steps, states, (x, y), repeats=repeats, sync=jax.block_until_ready
     )
     base = times["custom"]["median_ms"]
     return {**times, "ratio": {n: times[n]["median_ms"] / base for n in names}}

@@ -78,3 +78,26 @@ def interleaved(
             sync(fn())
             times[name].append(time.perf_counter() - start)
     return {name: summarize(ts) for name, ts in times.items()}
+
+
+def interleaved_steps(
+    steps: dict,
+    states: dict,
+    batch,
+    *,
+    repeats: int,
+    sync: Callable[[object], object] = lambda out: out,
+) -> dict:
+    """`interleaved` over train steps `steps[name](state, batch) -> (state,
+    metrics)` that donate their state: each call threads `states[name]` (updated
+    in place) into the next, and `sync` waits on the metrics."""
+
+    def runner(name):
+        def run():
+            states[name], metrics = steps[name](states[name], batch)
+            return metrics
+
+        return run
+
+    return interleaved({name: runner(name) for name in steps}, repeats=repeats,
+                       sync=sync)  # fmt: skip
